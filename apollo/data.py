@@ -1,0 +1,211 @@
+"""Data: text -> token blocks (cached), a step-keyed batch order, and deterministic MLM masking.
+
+Every batch is a pure function of (seed, micro-batch index, rank): the order is a per-epoch
+permutation from a generator of its own, and each block's MLM mask is drawn from a generator
+seeded by (seed, epoch, block index). So a resumed run sees exactly the batches and masks it
+would have seen, and 2 ranks with batch b see the same blocks and masks as 1 rank with batch 2b.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import DatasetDict, load_dataset, load_from_disk
+from transformers import DataCollatorForLanguageModeling
+
+from .config import ConfigError
+
+EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "data" / "embedded"
+EMBEDDED_TRAIN = [str(EMBEDDED_DIR / "train.txt")]
+EMBEDDED_VALIDATION = [str(EMBEDDED_DIR / "validation.txt")]
+_FORMAT = "v1"  # bump when tokenization/grouping below changes
+EVAL_MASK_SEED = 1234  # one fixed eval mask for every run, so runs with different seeds compare
+EVAL_EPOCH = 2**31 - 1  # the epoch key of validation blocks (never a training epoch)
+
+
+def training_files(cfg) -> tuple[list[str] | None, list[str] | None]:
+    """(train files, validation files) of a text-file run; the embedded corpus when none are given."""
+    if cfg.dataset_dir:
+        return None, cfg.validation_file
+    if cfg.train_file:
+        return cfg.train_file, cfg.validation_file
+    return EMBEDDED_TRAIN, cfg.validation_file or EMBEDDED_VALIDATION
+
+
+def check_data_args(cfg) -> None:
+    """File-level checks, before anything heavy runs."""
+    train, validation = training_files(cfg)
+    for flag, files in (("train_file", train), ("validation_file", validation)):
+        for name in files or []:
+            if not os.path.isfile(name):
+                raise ConfigError(flag, f"no such file: {name}")
+            if os.path.getsize(name) == 0:
+                raise ConfigError(flag, f"file is empty: {name}")
+    if cfg.dataset_dir and not os.path.isdir(cfg.dataset_dir):
+        raise ConfigError("dataset_dir", f"no such directory: {cfg.dataset_dir}")
+
+
+def load_text_splits(cfg) -> DatasetDict:
+    """DatasetDict with 'train' and 'validation', each with a 'text' column of non-empty documents."""
+    train, validation = training_files(cfg)
+    if cfg.dataset_dir:
+        try:
+            raw = load_from_disk(cfg.dataset_dir)
+        except Exception as err:  # datasets raises several types for a folder it cannot read
+            raise ConfigError("dataset_dir", f"cannot load a saved dataset from {cfg.dataset_dir}: {err}") from None
+        if not isinstance(raw, DatasetDict):
+            raw = DatasetDict({"train": raw})
+        if validation:
+            raw["validation"] = load_dataset("text", data_files={"validation": validation})["validation"]
+        flag = "dataset_dir"
+    else:
+        files = {"train": train, **({"validation": validation} if validation else {})}
+        raw = load_dataset("text", data_files=files)
+        flag = "train_file"
+    if "train" not in raw:
+        raise ConfigError(flag, f"dataset has no 'train' split (splits: {', '.join(raw)})")
+    for split, ds in raw.items():
+        if "text" not in ds.column_names:
+            raise ConfigError(flag, f"the {split} split has no 'text' column (columns: {', '.join(ds.column_names)})")
+    raw = DatasetDict({k: v.select_columns(["text"]) for k, v in raw.items() if k in ("train", "validation")})
+    raw = raw.filter(lambda batch: [bool(t.strip()) for t in batch["text"]], batched=True)
+    if len(raw["train"]) == 0:
+        raise ConfigError(flag, "the training data has no non-empty document")
+    if "validation" not in raw:
+        if cfg.validation_split_percentage == 0:
+            raise ConfigError("validation_split_percentage", "no validation set given and none held out")
+        parts = raw["train"].train_test_split(test_size=cfg.validation_split_percentage / 100, seed=cfg.seed)
+        raw = DatasetDict(train=parts["train"], validation=parts["test"])
+    return raw
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _tokenize_and_group(batch, tokenizer, model_type: str, block: int):
+    """Concatenate the batch's documents (with separators) and cut them into blocks of `block` tokens."""
+    ids, special = [], []
+    for doc in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]:
+        if model_type == "bert":  # [CLS] doc [SEP], as BERT's tokenizer frames a text
+            ids += [tokenizer.cls_token_id, *doc, tokenizer.sep_token_id]
+            special += [1, *([0] * len(doc)), 1]
+        else:  # GPT-2: documents separated by <|endoftext|>
+            ids += [*doc, tokenizer.eos_token_id]
+            special += [*([0] * len(doc)), 1]
+    n = len(ids) // block * block  # the remainder of each map batch is dropped, as in run_clm/run_mlm
+    out = {"input_ids": [ids[i:i + block] for i in range(0, n, block)]}
+    if model_type == "bert":
+        out["special_tokens_mask"] = [special[i:i + block] for i in range(0, n, block)]
+    return out
+
+
+def token_blocks(raw: DatasetDict, tokenizer, model_type: str, block: int, num_proc, cache_dir) -> DatasetDict:
+    """Tokenized blocks, cached on disk by (data, tokenizer, block length, model type) and reused."""
+    from .tokenizer import cache_root
+
+    parts = [_FORMAT, model_type, str(block), _tokenizer_digest(tokenizer)]
+    parts += [f"{k}:{v._fingerprint}:{len(v)}" for k, v in sorted(raw.items())]
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+    path = cache_root(cache_dir) / "blocks" / f"{model_type}-{block}-{key}"
+    if not (path / "dataset_dict.json").exists():
+        blocks = raw.map(_tokenize_and_group, batched=True, batch_size=1000, num_proc=num_proc,
+                         remove_columns=["text"], fn_kwargs=dict(tokenizer=tokenizer, model_type=model_type, block=block),
+                         desc="Tokenizing and grouping", load_from_cache_file=False)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        blocks.save_to_disk(str(tmp))
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_from_disk(str(path)).with_format("torch")
+
+
+def epoch_permutation(num_blocks: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 0xDA7A]).permutation(num_blocks)
+
+
+@dataclass
+class StepBatchSampler:
+    """Yields, for micro-batches start..stop-1, this rank's list of (epoch, block index) keys.
+
+    Micro-batch m of epoch e covers positions [m*B*W, (m+1)*B*W) of epoch e's permutation; rank r
+    takes the r-th slice of B. Blocks left over at an epoch's end are skipped (drop_last).
+    """
+    num_blocks: int
+    batch_size: int
+    world_size: int
+    rank: int
+    seed: int
+    micro_per_epoch: int
+    start: int
+    stop: int
+
+    def __len__(self):
+        return max(self.stop - self.start, 0)
+
+    def __iter__(self):
+        perm_epoch, perm = None, None
+        for m in range(self.start, self.stop):
+            epoch, j = divmod(m, self.micro_per_epoch)
+            if epoch != perm_epoch:
+                perm_epoch, perm = epoch, epoch_permutation(self.num_blocks, self.seed, epoch)
+            lo = (j * self.world_size + self.rank) * self.batch_size
+            yield [(epoch, int(i)) for i in perm[lo:lo + self.batch_size]]
+
+
+class KeyedBlocks(torch.utils.data.Dataset):
+    """Blocks addressed by (epoch, index) keys, fetched a batch at a time from Arrow."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def __getitems__(self, keys):
+        rows = self.blocks[[i for _, i in keys]]
+        return [{"key": key, **{c: rows[c][j] for c in rows}} for j, key in enumerate(keys)]
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])[0]
+
+
+def _mask_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index, 0x3A5C]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class BlockCollator:
+    """Stacks blocks; for MLM, masks each block with HF's masking (80/10/10) from its own generator."""
+
+    def __init__(self, tokenizer, mlm: bool, mlm_probability: float, seed: int):
+        self.seed = seed
+        self.masker = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability) if mlm else None
+
+    def __call__(self, rows):
+        ids = torch.stack([r["input_ids"] for r in rows])
+        if self.masker is None:
+            return {"input_ids": ids, "labels": ids.clone()}  # the model shifts labels for causal LM
+        inputs, labels = [], []
+        for row in rows:
+            epoch, index = row["key"]
+            self.masker.generator = torch.Generator().manual_seed(_mask_seed(self.seed, epoch, index))
+            x, y = self.masker.torch_mask_tokens(row["input_ids"][None].clone(), row["special_tokens_mask"][None].bool())
+            inputs.append(x)
+            labels.append(y)
+        return {"input_ids": torch.cat(inputs), "labels": torch.cat(labels)}
+
+
+def eval_batches(blocks, batch_size: int, rank: int, world_size: int, collator):
+    """This rank's share of the fixed validation blocks, in order (keys use a reserved epoch)."""
+    indices = list(range(rank, len(blocks), world_size))
+    dataset = KeyedBlocks(blocks)
+    for lo in range(0, len(indices), batch_size):
+        yield collator(dataset.__getitems__([(EVAL_EPOCH, i) for i in indices[lo:lo + batch_size]]))

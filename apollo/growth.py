@@ -1,0 +1,36 @@
+"""Growth at a stage boundary (method spec, section 3): copy unique layers along the growth map.
+
+Copies are in place (`copy_` under no_grad via `load_state_dict`), so parameter objects keep
+their identity and the optimizer and the DDP wrapper that hold them stay valid.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def grow_layers(slots: nn.ModuleList, gmap: list[int], optimizer: torch.optim.Optimizer | None = None,
+                copy_optimizer_state: bool = False) -> None:
+    """Slot j (j < len(gmap)) becomes a copy of slot gmap[j].
+
+    Sources are snapshotted first, so no source is overwritten before it is read.
+    Optimizer state: by default untouched, as in the official release (slots below U_old keep their
+    own Adam moments although their weights were replaced; new slots start with no state). With
+    `copy_optimizer_state`, each parameter's state (moments and step) is copied from its source.
+    """
+    sources = sorted(set(gmap))
+    weights = {i: {k: v.detach().clone() for k, v in slots[i].state_dict().items()} for i in sources}
+    states = {}
+    if copy_optimizer_state and optimizer is not None:
+        states = {i: [copy.deepcopy(optimizer.state.get(p)) for p in slots[i].parameters()] for i in sources}
+    for j, src in enumerate(gmap):
+        slots[j].load_state_dict(weights[src])
+        if copy_optimizer_state and optimizer is not None:
+            for p, state in zip(slots[j].parameters(), states[src]):
+                if state is None:
+                    optimizer.state.pop(p, None)
+                else:
+                    optimizer.state[p] = copy.deepcopy(state)
