@@ -17,7 +17,8 @@ def depth_plan(unique: int, depth: int, method: str = "extend") -> list[int]:
     if unique < 1 or depth < unique:
         raise ValueError(f"need 1 <= unique <= depth, got unique={unique}, depth={depth}")
     if method == "extend":
-        # Integer arithmetic; the official float form int(k / (D / U)) agrees for U, D <= 24.
+        # Integer arithmetic. The official float form int(k / (D / U)) agrees for every U, D <= 24 but
+        # (U=14, D=18), where round-off puts position 9 on layer 6 instead of 7 (tested).
         return [k * unique // depth for k in range(depth)]
     if method == "stack":
         full_cycles, rest = divmod(depth, unique)

@@ -1,0 +1,1 @@
+"""Apollo progressive training: depth schedule, weight-shared layers, growth, FLOPs and plots."""

@@ -1,0 +1,19 @@
+# Shared by the example scripts: run run_pretrain.py on whatever this machine has.
+#   no GPU -> one CPU process; 1 GPU -> one process on it; N GPUs -> `accelerate launch`, one process per GPU.
+# Usage: launch NAME ARGS...   (output in runs/NAME, log in $APOLLO_LOG_DIR/NAME.log, default logs/;
+#        later flags override earlier ones, so `--output_dir` or `--max_train_steps` can be passed on)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+launch() {
+  local name=$1; shift
+  local logs=${APOLLO_LOG_DIR:-logs}
+  mkdir -p "${logs}"
+  local gpus
+  gpus=$(python -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+  local cmd=(python run_pretrain.py)
+  if [ "${gpus}" -gt 1 ]; then
+    cmd=(accelerate launch --multi_gpu --num_processes "${gpus}" --num_machines 1 --dynamo_backend no run_pretrain.py)
+  fi
+  echo "[example] ${name}: ${gpus} GPU(s); log in ${logs}/${name}.log, outputs in runs/${name}"
+  "${cmd[@]}" --output_dir "runs/${name}" --overwrite_output_dir "$@" 2>&1 | tee "${logs}/${name}.log"
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# GPT-2 (causal LM) trained from scratch on the embedded corpus (KJV + Jargon File), CPU by default, every GPU when present.
+# A debugging-size run: 12 layers of width 128, 800 blocks of 128 tokens, 10 epochs (500 steps).
+# Extra flags override these: bash example-scripts/run_pretrain_gpt_example.sh --max_train_steps 20
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
+launch gpt_example \
+  --model_type gpt2 --config_overrides n_layer=12,n_embd=128,n_head=4 \
+  --max_seq_length 128 --per_device_train_batch_size 16 --max_train_samples 800 --max_eval_samples 200 --num_train_epochs 10 --warmup_ratio 0.025 --lr_scheduler_type cosine --weight_decay 0.01 --eval_steps 50 --save_steps 250 --logging_steps 25 \
+  --learning_rate 3e-4  \
+  "$@"
