@@ -29,13 +29,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, get_scheduler
 
 from apollo.checkpoint import read_trainer_state, resolve_resume, save_checkpoint
 from apollo.config import ConfigError, TrainConfig, parse_config
 from apollo.data import (EVAL_MASK_SEED, BlockCollator, KeyedBlocks, StepBatchSampler, check_data_args, eval_batches,
+                         prepare_first,
                          load_text_splits, token_blocks)
 from apollo.flops import training_flops
 from apollo.growth import grow_layers
@@ -46,12 +47,15 @@ from apollo.schedule import StageSchedule
 from apollo.shared_layers import layer_slots, run_along
 from apollo.tokenizer import load_tokenizer, local_tokenizer
 
-# Flags that must match between a checkpoint and the run that resumes from it.
-RESUME_MUST_MATCH = ("model_type", "config_name", "config_overrides", "tokenizer_name", "tokenizer_vocab_size",
+# Flags that must match between a checkpoint and the run that resumes from it (the model's shape is
+# compared field by field, so --config_overrides may be reordered).
+RESUME_MUST_MATCH = ("model_type", "tokenizer_name", "tokenizer_vocab_size",
                      "max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
                      "num_train_epochs", "max_train_steps", "apollo_layers", "apollo_epoch_list", "apollo_step_list",
                      "dist_function", "grow_method", "copy_optimizer_state_on_growth", "learning_rate",
-                     "lr_scheduler_type", "mlm_probability")
+                     "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2",
+                     "adam_epsilon", "max_grad_norm", "mlm_probability", "max_train_samples")
+TOKENIZER_FIELDS = {"vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"}  # set by fit_vocabulary
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,13 +88,24 @@ def model_config(cfg: TrainConfig):
     return config
 
 
+def check_vocabulary(cfg: TrainConfig, config, n: int) -> bool:
+    """Refuse a tokenizer larger than an explicitly sized model (unless resizing is asked for).
+
+    Called before any data work with the named tokenizer's size or the size a local tokenizer is
+    trained to, and again with the trained tokenizer. True if the config's vocab_size is explicit.
+    """
+    explicit = bool(cfg.config_name or "vocab_size" in (cfg.config_overrides or ""))
+    if n > config.vocab_size and explicit and not cfg.resize_token_embeddings:
+        flag = "tokenizer_name" if cfg.tokenizer_name else "tokenizer_vocab_size"
+        raise ConfigError(flag, f"tokenizer has {n} tokens but the model's vocab_size is {config.vocab_size}; "
+                                f"pass --resize_token_embeddings to grow the embeddings")
+    return explicit
+
+
 def fit_vocabulary(cfg: TrainConfig, config, tokenizer) -> None:
     """Size the embeddings for the tokenizer: set for a new config, checked for a named one."""
     n = len(tokenizer)
-    explicit = cfg.config_name or "vocab_size" in (cfg.config_overrides or "")
-    if n > config.vocab_size and explicit and not cfg.resize_token_embeddings:
-        raise ConfigError("tokenizer_name", f"tokenizer has {n} tokens but the model's vocab_size is "
-                                            f"{config.vocab_size}; pass --resize_token_embeddings to grow it")
+    explicit = check_vocabulary(cfg, config, n)
     if not explicit or n > config.vocab_size:
         config.vocab_size = n
     if cfg.model_type == "gpt2":
@@ -107,22 +122,50 @@ def check_precision(cfg: TrainConfig) -> None:
         raise ConfigError("mixed_precision", "bf16 is not supported by this GPU; use fp16 or no")
 
 
-def check_output_dir(cfg: TrainConfig) -> Path | None:
+def named_tokenizer(cfg: TrainConfig):
+    """The --tokenizer_name tokenizer (loaded early so its size is checked before any data work), else None."""
+    if not cfg.tokenizer_name:
+        return None
+    try:
+        return load_tokenizer(cfg.tokenizer_name)
+    except (OSError, ValueError) as err:
+        raise ConfigError("tokenizer_name", f"cannot load {cfg.tokenizer_name!r}: {str(err).splitlines()[0]}") from None
+
+
+def check_output_dir(cfg: TrainConfig, config) -> Path | None:
     """Refuse to clobber a user's files; return the checkpoint to resume from, if any."""
     out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output_dir", f"{out} exists and is not a folder")
     if cfg.resume_from_checkpoint:
         ckpt = resolve_resume(cfg.resume_from_checkpoint, out)
-        if ckpt is None or not (ckpt / "trainer_state.json").is_file():
+        if ckpt is None or not (ckpt / "trainer_state.json").is_file() or not (ckpt / "run_config.json").is_file():
             raise ConfigError("resume_from_checkpoint", f"no complete checkpoint at {cfg.resume_from_checkpoint}"
                                                         f"{' in ' + str(out) if cfg.resume_from_checkpoint == 'latest' else ''}")
         saved = json.loads((ckpt / "run_config.json").read_text())
         for name in RESUME_MUST_MATCH:
             if saved.get(name) != getattr(cfg, name):
                 raise ConfigError(name, f"{getattr(cfg, name)!r} differs from the checkpoint's {saved.get(name)!r}")
+        # The model's shape, however it was given (--config_name or --config_overrides, in any order).
+        # Token ids and vocabulary size follow the tokenizer, which the flags above already pin down.
+        ours = json.loads(json.dumps(config.to_dict(), default=str))
+        theirs = saved.get("model_config") or ours
+        for key in sorted((set(ours) | set(theirs)) - TOKENIZER_FIELDS):
+            if ours.get(key) != theirs.get(key):
+                raise ConfigError("config_name" if cfg.config_name else "config_overrides",
+                                  f"model {key}={ours.get(key)!r} differs from the checkpoint's {theirs.get(key)!r}")
         return ckpt
     if out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
         raise ConfigError("output_dir", f"{out} is not empty; pass --overwrite_output_dir or --resume_from_checkpoint")
     return None
+
+
+def check_resume_world(checkpoint: Path, world_size: int) -> None:
+    """The data order, stage boundaries and per-rank RNG states all assume the checkpoint's process count."""
+    saved = json.loads((checkpoint / "run_config.json").read_text()).get("world_size", world_size)
+    if saved != world_size:
+        raise ConfigError("resume_from_checkpoint", f"{checkpoint} was written by {saved} processes, this run has "
+                                                    f"{world_size}; resume with the same number of processes")
 
 
 def build_schedule(cfg: TrainConfig, steps_per_epoch: int, total_steps: int, full_depth: int) -> StageSchedule:
@@ -138,8 +181,9 @@ def build_schedule(cfg: TrainConfig, steps_per_epoch: int, total_steps: int, ful
     if ends[0] < 1 or any(b <= a for a, b in zip(ends, ends[1:])):
         raise ConfigError(flag, f"stages end at optimizer steps {list(ends)}: each stage needs at least one step "
                                 f"({steps_per_epoch} steps per epoch)")
-    if ends[-2 if len(ends) > 1 else -1] >= total_steps and len(ends) > 1:
-        raise ConfigError(flag, f"stage boundaries {list(ends)} reach beyond the run's {total_steps} steps")
+    if ends[-1] > total_steps:  # a stage the run never finishes is a mistake, not a truncation
+        raise ConfigError(flag, f"stages end at optimizer steps {list(ends)}, beyond the run's {total_steps} steps "
+                                f"({steps_per_epoch} steps per epoch)")
     return schedule
 
 
@@ -163,11 +207,35 @@ class StopRequest:
         self.requested = True
 
 
+def check_accelerator(cfg: TrainConfig, accelerator) -> None:
+    """What the launcher chose (FSDP, whole-model compilation) must suit the run; TF32 on where it helps."""
+    if cfg.apollo and accelerator.distributed_type == DistributedType.FSDP:
+        raise ConfigError("apollo_layers", "Apollo runs are not supported under FSDP (shared blocks, growth and the "
+                                           "final save are verified with DDP only); launch with "
+                                           "full-scripts/accelerate_ddp.yaml")
+    dynamo = getattr(accelerator.state, "dynamo_plugin", None)
+    if cfg.apollo and dynamo is not None and str(dynamo.backend).split(".")[-1].upper() != "NO":
+        raise ConfigError("dynamo_backend", "Accelerate's dynamo_backend compiles the whole model, which recompiles "
+                                           "for every new depth plan (8 by default, then silently runs eager); set "
+                                           "dynamo_backend: 'NO' and pass --torch_compile to compile per block")
+    # Ampere+ only: TF32 matmuls for whatever float32 work autocast leaves (and for --mixed_precision no).
+    if accelerator.device.type == "cuda" and not cfg.no_tf32 and torch.cuda.get_device_capability()[0] >= 8:
+        torch.set_float32_matmul_precision("high")
+
+
+def compile_blocks(model) -> None:
+    """torch.compile each block in place: module objects keep their identity, so the shared-layer plan,
+    growth and state_dict keys work unchanged, and blocks of one shape share one compiled graph."""
+    for block in layer_slots(model):
+        block.compile()
+
+
 def evaluate(accelerator, model, slots_plan, blocks, collator, batch_size) -> float:
     """Mean loss per target token over the fixed validation blocks, at full depth."""
     raw = accelerator.unwrap_model(model)
     raw.eval()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    runs = 0
     with torch.no_grad(), run_along(raw, slots_plan), accelerator.autocast():
         for batch in eval_batches(blocks, batch_size, accelerator.process_index, accelerator.num_processes, collator):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -175,6 +243,14 @@ def evaluate(accelerator, model, slots_plan, blocks, collator, batch_size) -> fl
             labels = batch["labels"] if raw.config.model_type == "bert" else batch["labels"][:, 1:]
             count = (labels != -100).sum()
             total += torch.stack([loss * count, count.double()])
+            runs += 1
+        if accelerator.distributed_type == DistributedType.FSDP:
+            # Every FSDP forward gathers weights from all ranks, so all ranks must run equally many:
+            # one with fewer batches runs extra passes whose results are ignored.
+            most = int(accelerator.reduce(torch.tensor(runs, device=accelerator.device), "max").item())
+            spare = next(eval_batches(blocks, batch_size, 0, accelerator.num_processes, collator))
+            for _ in range(most - runs):
+                raw(**{k: v.to(accelerator.device) for k, v in spare.items()})
     raw.train()
     total = accelerator.reduce(total, "sum")
     return (total[0] / total[1]).item()
@@ -184,23 +260,31 @@ def main(argv=None) -> None:
     cfg = parse_config(argv)
     check_data_args(cfg)
     config = model_config(cfg)
+    tokenizer = named_tokenizer(cfg)
+    check_vocabulary(cfg, config, len(tokenizer) if tokenizer else cfg.tokenizer_vocab_size)
     check_precision(cfg)
-    resume_dir = check_output_dir(cfg)
+    resume_dir = check_output_dir(cfg, config)
 
     ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.apollo)  # idle slots get no gradient
-    accelerator = Accelerator(mixed_precision=cfg.precision, cpu=cfg.cpu, kwargs_handlers=[ddp],
+    # Accelerate sets up gloo for CPU processes only when told cpu=True: without it, a CPU-only
+    # `torchrun --nproc_per_node 2` silently runs two independent one-process trainings.
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    cpu = cfg.cpu or (launched > 1 and not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=cfg.precision, cpu=cpu, kwargs_handlers=[ddp],
                               log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.output_dir)
+    if launched > 1 and accelerator.num_processes != launched:
+        raise ConfigError("cpu", f"launched as {launched} processes but Accelerate set up {accelerator.num_processes} "
+                                 f"on {accelerator.device}; pass --cpu or launch on the devices Accelerate found")
     out = Path(cfg.output_dir)
-    if accelerator.is_main_process and cfg.overwrite_output_dir and not resume_dir and out.exists():
-        shutil.rmtree(out)
-    accelerator.wait_for_everyone()
+    if resume_dir:
+        check_resume_world(resume_dir, accelerator.num_processes)
 
-    # Data and tokenizer: prepared once by the main process, then read from the cache by the rest.
-    with accelerator.main_process_first():
+    check_accelerator(cfg, accelerator)
+
+    # Data and tokenizer: prepared once (the main process first, then one per node), read from the cache by the rest.
+    with prepare_first(accelerator):
         raw = load_text_splits(cfg)
-        if cfg.tokenizer_name:
-            tokenizer = load_tokenizer(cfg.tokenizer_name)
-        else:
+        if tokenizer is None:
             tokenizer = local_tokenizer(cfg.model_type, raw["train"], raw["train"]._fingerprint,
                                         cfg.tokenizer_vocab_size, cfg.cache_dir)
         fit_vocabulary(cfg, config, tokenizer)
@@ -226,10 +310,17 @@ def main(argv=None) -> None:
     eval_every = cfg.eval_steps or max(total_steps // 10, 1)
     save_every = (steps_per_epoch if cfg.save_strategy == "epoch" else cfg.save_steps or max(total_steps // 4, 1))
 
+    # Every check has passed: only now may --overwrite_output_dir clear the folder.
+    if accelerator.is_main_process and cfg.overwrite_output_dir and not resume_dir and out.exists():
+        shutil.rmtree(out)
+    accelerator.wait_for_everyone()
+
     # Model, optimizer, LR schedule.
     set_seed(cfg.seed)
     auto = AutoModelForCausalLM if cfg.model_type == "gpt2" else AutoModelForMaskedLM
     model = auto.from_config(config, attn_implementation="sdpa")
+    if cfg.torch_compile:
+        compile_blocks(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = build_optimizer(cfg, model)
@@ -272,6 +363,7 @@ def main(argv=None) -> None:
                                steps_per_epoch * accum, state["step"] * accum, total_steps * accum)
     loader = torch.utils.data.DataLoader(KeyedBlocks(train_blocks), batch_sampler=sampler, collate_fn=collator,
                                          num_workers=cfg.dataloader_num_workers,
+                                         pin_memory=accelerator.device.type == "cuda",  # faster, async copies
                                          generator=torch.Generator())  # keeps the global RNG untouched
     batches = iter(loader)
 
@@ -284,6 +376,13 @@ def main(argv=None) -> None:
             metrics.write(record)
         accelerator.log({"eval_loss": loss}, step=step)
         accelerator.print(f"step {step}: eval_loss {loss:.4f} at {state['flops']:.3e} FLOPs")
+        if not math.isfinite(loss):  # raised before this step's checkpoint: these weights are not worth one
+            raise diverged(f"eval_loss {loss}", step)
+
+    def diverged(what: str, at_step: int) -> FloatingPointError:
+        last = state.get("last_checkpoint")
+        where = f"last good checkpoint: {out / f'checkpoint-{last}'}" if last else "no checkpoint was written"
+        return FloatingPointError(f"non-finite {what} at step {at_step}; stopped ({where})")
 
     # ------------------------------------------------------------------------------------------
     # The training loop. `step` counts finished optimizer steps; the step being computed has
@@ -310,7 +409,7 @@ def main(argv=None) -> None:
 
         loss_sum, depth_sum, step_flops = 0.0, 0, 0.0
         for micro in range(accum):
-            batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in next(batches).items()}
             depth = sample_depth(cfg.dist_function, unique, full_depth, cfg.seed, step, micro)
             plan = depth_plan(unique, depth, cfg.grow_method)
             if info:
@@ -325,12 +424,14 @@ def main(argv=None) -> None:
             depth_sum += depth
             step_flops += training_flops(config, b, cfg.max_seq_length, depth) * world
         loss_mean = accelerator.reduce(loss_sum / accum, "mean").item()
-        if not math.isfinite(loss_mean):
-            last = state.get("last_checkpoint", "none (no checkpoint yet)")
-            raise FloatingPointError(f"non-finite loss {loss_mean} at step {step + 1}; stopping. "
-                                     f"Last good checkpoint: step {last} in {out}")
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        # Clipping at infinity only measures the norm. Stop before a non-finite update reaches the
+        # weights (and a checkpoint); fp16's grad scaler skips overflowing steps by itself.
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf))
+        bad = None if math.isfinite(loss_mean) else f"loss {loss_mean}"
+        if bad is None and accelerator.scaler is None and not math.isfinite(grad_norm):
+            bad = f"gradient norm {grad_norm}"
+        if bad:
+            raise diverged(bad, step + 1)
         lr = lr_scheduler.get_last_lr()[0]
         optimizer.step()
         lr_scheduler.step()
@@ -357,7 +458,8 @@ def main(argv=None) -> None:
         if step % eval_every == 0 or step == total_steps:
             log_eval(step)
         stopping = accelerator.reduce(torch.tensor(float(stop.requested), device=accelerator.device), "max").item() > 0
-        if cfg.save_strategy != "no" and (step % save_every == 0 or step == total_steps or stopping):
+        # A stop request always checkpoints, whatever --save_strategy says: that is its point.
+        if stopping or (cfg.save_strategy != "no" and (step % save_every == 0 or step == total_steps)):
             state["last_checkpoint"] = step
             save_checkpoint(accelerator, out, step, state, resolved, cfg.save_total_limit)
         if stopping:
@@ -368,12 +470,14 @@ def main(argv=None) -> None:
     progress.close()
 
     # The final model: a plain Hugging Face model at full depth (growth to L if the run ended early).
+    # Every rank grows and joins get_state_dict: under FSDP each holds a shard and gathering is collective.
     accelerator.wait_for_everyone()
+    unique = schedule.unique_layers(total_steps - 1)
+    if unique < full_depth:
+        grow_layers(slots, growth_map(unique, full_depth, cfg.grow_method))
+    final_state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        unique = schedule.unique_layers(total_steps - 1)
-        if unique < full_depth:
-            grow_layers(slots, growth_map(unique, full_depth, cfg.grow_method))
-        raw_model.save_pretrained(out)
+        raw_model.save_pretrained(out, state_dict=final_state)
         tokenizer.save_pretrained(out)
         accelerator.print(f"Saved the final {full_depth}-layer model and tokenizer to {out}")
     if metrics:
@@ -383,12 +487,22 @@ def main(argv=None) -> None:
     accelerator.end_training()
 
 
-if __name__ == "__main__":
+def cli(argv=None) -> int:
+    """Run `main`; a bad flag (exit 2) or a non-finite loss (exit 3) is one line on stderr, no traceback."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        main()
+        main(argv)
+        return 0
     except ConfigError as err:
         sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {err}\n")
-        sys.exit(2)
+        return 2
     except FloatingPointError as err:
         sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {err}\n")
-        sys.exit(3)
+        return 3
+    finally:  # main installs preemption handlers; put the caller's back (tests call cli in-process)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -39,7 +39,8 @@ def save_checkpoint(accelerator, output_dir, step: int, trainer_state: dict, run
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = Path(output_dir) / f".tmp-checkpoint-{step}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in Path(output_dir).glob(".tmp-checkpoint-*"):  # left by a run killed while saving
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # model, optimizer, scheduler, every rank's RNG states
@@ -51,13 +52,20 @@ def save_checkpoint(accelerator, output_dir, step: int, trainer_state: dict, run
             f.flush()
             os.fsync(f.fileno())
         if final.exists():  # a stale copy of the same step from an earlier, overwritten attempt
-            shutil.rmtree(final)
+            _remove(final)
         os.rename(tmp, final)
         if save_total_limit:
             for old in complete_checkpoints(output_dir)[:-save_total_limit]:
-                shutil.rmtree(old)
+                if old != final:  # never the one just written, even if a stale later one exists
+                    _remove(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _remove(checkpoint: Path) -> None:
+    # Unmark it first: a run killed mid-delete must not leave a half-deleted "complete" checkpoint.
+    (checkpoint / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(checkpoint)
 
 
 def read_trainer_state(checkpoint: Path) -> dict:

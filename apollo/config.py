@@ -75,13 +75,20 @@ class TrainConfig:
     bf16: bool = _f(False, "Same as --mixed_precision bf16 (the official scripts' flag).")
     cpu: bool = _f(False, "Train on the CPU even when a GPU is present.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
+    no_tf32: bool = _f(False, "Keep float32 matmuls in full precision on Ampere and newer GPUs (TF32 is on by "
+                       "default there; it affects only what runs outside bf16/fp16 autocast).")
+    torch_compile: bool = _f(False, "Compile each transformer block with torch.compile. One graph serves every "
+                             "block and every sampled depth; compiling the whole model instead (Accelerate's "
+                             "dynamo_backend) recompiles for each new depth plan and is refused for Apollo runs.")
     # Logging, evaluation, checkpoints
     output_dir: str | None = _f(None, "Where metrics, checkpoints and the final model go (required).")
     overwrite_output_dir: bool = _f(False, "Clear a non-empty --output_dir before starting.")
     logging_steps: int = _f(10, "Print a progress line every N optimizer steps (metrics.jsonl gets every step).")
     eval_steps: int | None = _f(None, "Evaluate at full depth every N optimizer steps (and at the end). "
                                 "Default: 10 evaluations per run.")
-    save_strategy: str = _f("steps", "When to write checkpoints.", choices=("no", "steps", "epoch"))
+    save_strategy: str = _f("steps", "When to write checkpoints. Whatever it says, SIGTERM/SIGINT (preemption) "
+                            "writes one at the next step boundary and exits with status 0.",
+                            choices=("no", "steps", "epoch"))
     save_steps: int | None = _f(None, "Checkpoint every N optimizer steps with --save_strategy steps "
                                 "(default: 4 per run).")
     save_total_limit: int | None = _f(None, "Keep at most this many checkpoints (oldest complete ones go first).")

@@ -7,6 +7,7 @@ would have seen, and 2 ranks with batch b see the same blocks and masks as 1 ran
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -48,18 +49,32 @@ def check_data_args(cfg) -> None:
                 raise ConfigError(flag, f"file is empty: {name}")
     if cfg.dataset_dir and not os.path.isdir(cfg.dataset_dir):
         raise ConfigError("dataset_dir", f"no such directory: {cfg.dataset_dir}")
+    if cfg.dataset_dir:
+        _saved_dataset(cfg.dataset_dir)  # memory-mapped: checks splits and columns without reading the text
+
+
+def _saved_dataset(path) -> DatasetDict:
+    """A dataset saved with save_to_disk, with a 'train' split and a 'text' column in every split."""
+    try:
+        raw = load_from_disk(path)
+    except Exception as err:  # datasets raises several types for a folder it cannot read
+        raise ConfigError("dataset_dir", f"cannot load a saved dataset from {path}: {err}") from None
+    if not isinstance(raw, DatasetDict):
+        raw = DatasetDict({"train": raw})
+    if "train" not in raw:
+        raise ConfigError("dataset_dir", f"dataset has no 'train' split (splits: {', '.join(raw)})")
+    for split, ds in raw.items():
+        if "text" not in ds.column_names:
+            raise ConfigError("dataset_dir", f"the {split} split has no 'text' column "
+                                             f"(columns: {', '.join(ds.column_names)})")
+    return raw
 
 
 def load_text_splits(cfg) -> DatasetDict:
     """DatasetDict with 'train' and 'validation', each with a 'text' column of non-empty documents."""
     train, validation = training_files(cfg)
     if cfg.dataset_dir:
-        try:
-            raw = load_from_disk(cfg.dataset_dir)
-        except Exception as err:  # datasets raises several types for a folder it cannot read
-            raise ConfigError("dataset_dir", f"cannot load a saved dataset from {cfg.dataset_dir}: {err}") from None
-        if not isinstance(raw, DatasetDict):
-            raw = DatasetDict({"train": raw})
+        raw = _saved_dataset(cfg.dataset_dir)
         if validation:
             raw["validation"] = load_dataset("text", data_files={"validation": validation})["validation"]
         flag = "dataset_dir"
@@ -128,6 +143,20 @@ def token_blocks(raw: DatasetDict, tokenizer, model_type: str, block: int, num_p
     return load_from_disk(str(path)).with_format("torch")
 
 
+@contextlib.contextmanager
+def prepare_first(accelerator):
+    """Order of data preparation: the main process, then the first process of each node, then the rest.
+
+    The main process reads the text, trains the tokenizer and writes the token blocks while all
+    others wait. Then the first process of every other node enters: with a shared cache folder
+    ($APOLLO_CACHE / --cache_dir) it finds the finished cache; with a node-local one it builds that
+    node's copy, once per node. Only then do the remaining processes enter, and they only read.
+    Every process passes two barriers, so the nesting cannot deadlock.
+    """
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
+        yield
+
+
 def epoch_permutation(num_blocks: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0xDA7A]).permutation(num_blocks)
 
@@ -183,16 +212,52 @@ def _mask_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class BlockCollator:
-    """Stacks blocks; for MLM, masks each block with HF's masking (80/10/10) from its own generator."""
+    """Stacks blocks; for MLM, masks each block with HF's masking (80/10/10) from its own generator.
+
+    The masks are exactly those of `DataCollatorForLanguageModeling.torch_mask_tokens` run on one
+    block with that block's generator: the same four draws, in the same order and shapes. Only the
+    bookkeeping around them is batched, and the vocabulary size and [MASK] id are looked up once
+    (`len(tokenizer)` is slow): 48x512 blocks took 30 ms through HF's function, ~5 ms here
+    (benchmarks/data_path.py measures it and checks the masks are identical).
+    """
 
     def __init__(self, tokenizer, mlm: bool, mlm_probability: float, seed: int):
         self.seed = seed
         self.masker = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability) if mlm else None
+        if mlm:
+            self.mask_id = tokenizer.convert_tokens_to_ids(tokenizer.mask_token)
+            self.vocab_size = len(tokenizer)
 
     def __call__(self, rows):
         ids = torch.stack([r["input_ids"] for r in rows])
         if self.masker is None:
             return {"input_ids": ids, "labels": ids.clone()}  # the model shifts labels for causal LM
+        special = torch.stack([r["special_tokens_mask"] for r in rows]).bool()
+        m = self.masker
+        shape = (1, ids.shape[1])
+        keep_p = torch.full(shape, m.mlm_probability)
+        replace_p = torch.full(shape, m.mask_replace_prob)
+        random_p = torch.full(shape, m.random_replace_prob / (1 - m.mask_replace_prob)) if m.mask_replace_prob < 1 else None
+        masked, replaced, randomized, words = [], [], [], []
+        for row, no_mask in zip(rows, special):
+            epoch, index = row["key"]
+            g = torch.Generator().manual_seed(_mask_seed(self.seed, epoch, index))
+            masked.append(torch.bernoulli(keep_p.masked_fill(no_mask[None], 0.0), generator=g))
+            replaced.append(torch.bernoulli(replace_p, generator=g))
+            if random_p is not None and m.random_replace_prob > 0:
+                randomized.append(torch.bernoulli(random_p, generator=g))
+                words.append(torch.randint(self.vocab_size, shape, dtype=torch.long, generator=g))
+        masked = torch.cat(masked).bool()
+        replaced = torch.cat(replaced).bool() & masked
+        labels = ids.masked_fill(~masked, -100)  # loss only on the masked positions
+        inputs = ids.masked_fill(replaced, self.mask_id)
+        if randomized:
+            randomized = torch.cat(randomized).bool() & masked & ~replaced
+            inputs = torch.where(randomized, torch.cat(words), inputs)
+        return {"input_ids": inputs, "labels": labels}
+
+    def reference(self, rows):
+        """The same batch through HF's own `torch_mask_tokens`, one block at a time (for checks)."""
         inputs, labels = [], []
         for row in rows:
             epoch, index = row["key"]

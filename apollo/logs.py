@@ -17,7 +17,7 @@ class JsonLines:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if keep_through_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get(step_key, 0) <= keep_through_step]
+                    if (record := _parse(line)) is not None and record.get(step_key, 0) <= keep_through_step]
             tmp = self.path.with_suffix(self.path.suffix + ".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)
@@ -31,6 +31,14 @@ class JsonLines:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _parse(line: str) -> dict | None:
+    """A record, or None for a blank line or the torn last line of a process killed mid-write."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def schedule_record(micro_index: int, step: int, unique: int, depth: int, plan: list[int], grows: bool,

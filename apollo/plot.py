@@ -240,8 +240,9 @@ def plot(runs: list[Run], summary: dict, out, smooth: int = 0, train_loss: bool 
         else:
             best = entry["best"]
             notes.append(("never reached", color))
+            stacked = sum(text == "never reached" for text, _ in notes) - 1  # runs ending close together
             axes[0].annotate(f"never reached target\nbest {best['eval_loss']:.3f} at {best['flops']:.2e} FLOPs",
-                             (run.evals[-1]["flops"], run.evals[-1]["eval_loss"]), xytext=(-10, 22),
+                             (run.evals[-1]["flops"], run.evals[-1]["eval_loss"]), xytext=(-10, 22 + 30 * stacked),
                              textcoords="offset points", ha="right", color=color, fontsize=9,
                              bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85),
                              arrowprops=dict(arrowstyle="->", color=color, lw=1))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # BERT (masked LM) trained from scratch on the embedded corpus (KJV + Jargon File), CPU by default, every GPU when present.
 # A debugging-size run: 12 layers of width 128, 800 blocks of 128 tokens, 10 epochs (500 steps).
-# Extra flags override these: bash example-scripts/run_pretrain_bert_example.sh --max_train_steps 20
+# Extra flags override these, e.g. a 100-step run: bash example-scripts/run_pretrain_bert_example.sh --max_train_samples 160
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 launch bert_example \
   --model_type bert --config_overrides num_hidden_layers=12,hidden_size=128,num_attention_heads=4,intermediate_size=512 \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPT-2 (causal LM) trained with Apollo (layers 1,3,6,12 at epochs 1,2,5,10; LVPS; interpolation growth) on the embedded corpus (KJV + Jargon File), CPU by default, every GPU when present.
 # A debugging-size run: 12 layers of width 128, 800 blocks of 128 tokens, 10 epochs (500 steps).
-# Extra flags override these: bash example-scripts/run_pretrain_gpt_apollo_example.sh --max_train_steps 20
+# Extra flags override these, e.g. a 100-step run: bash example-scripts/run_pretrain_gpt_apollo_example.sh --max_train_samples 160
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 launch gpt_apollo_example \
   --model_type gpt2 --config_overrides n_layer=12,n_embd=128,n_head=4 \

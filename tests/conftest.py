@@ -1,0 +1,94 @@
+"""Shared test fixtures: one tokenizer/data cache per session, and ways to run the entry point.
+
+Set APOLLO_TEST_CACHE to a folder to keep the cache (trained tokenizers, token blocks) between
+sessions; by default it lives in a session temporary folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def apollo_cache(tmp_path_factory):
+    """APOLLO_CACHE for every run of the session (in-process and subprocesses inherit it)."""
+    path = os.environ.get("APOLLO_TEST_CACHE") or str(tmp_path_factory.mktemp("apollo_cache"))
+    saved = os.environ.get("APOLLO_CACHE")
+    os.environ["APOLLO_CACHE"] = path
+    yield Path(path)
+    if saved is None:
+        os.environ.pop("APOLLO_CACHE", None)
+    else:
+        os.environ["APOLLO_CACHE"] = saved
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> list[str]:
+    """Flags for a small slice of the embedded corpus: tokenizer training and tokenization in ~1 s."""
+    folder = tmp_path_factory.mktemp("tiny_corpus")
+    flags = []
+    for split, lines in (("train", 120), ("validation", 20)):
+        text = (REPO / "data" / "embedded" / f"{split}.txt").read_text().splitlines(keepends=True)[:lines]
+        (folder / f"{split}.txt").write_text("".join(text))
+        flags += [f"--{split}_file", str(folder / f"{split}.txt")]
+    return flags
+
+
+TORCHRUN_2 = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+
+
+def entry_command(args, launcher=(sys.executable,)) -> list[str]:
+    """The command line of `run_pretrain.py ARGS` (launcher e.g. TORCHRUN_2 for two CPU processes)."""
+    return [*launcher, str(REPO / "run_pretrain.py"), *map(str, args)]
+
+
+def subprocess_env() -> dict:
+    # One thread per process: faster on a shared 2-core machine, and the same arithmetic as run_inprocess.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_subprocess(args, *, launcher=(sys.executable,), timeout=300) -> subprocess.CompletedProcess:
+    """`run_pretrain.py ARGS` in fresh processes; stdout and stderr captured as text."""
+    return subprocess.run(entry_command(args, launcher), cwd=REPO, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_inprocess(args) -> subprocess.CompletedProcess:
+    """`run_pretrain.cli(ARGS)` in this process on one thread (no import cost), reported like run_subprocess."""
+    import torch
+    from accelerate.state import AcceleratorState
+
+    import run_pretrain
+
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_pretrain.cli([str(a) for a in args])
+    except SystemExit as exc:  # argparse errors and the preemption exit
+        code = exc.code
+    finally:
+        torch.set_num_threads(threads)
+        AcceleratorState._reset_state(reset_partial_state=True)  # the next run builds its own
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def final_weights(output_dir) -> dict:
+    """The final model a run saved in OUTPUT_DIR, as a name -> tensor dict."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(output_dir) / "model.safetensors"))
