@@ -248,9 +248,10 @@ def evaluate(accelerator, model, slots_plan, blocks, collator, batch_size) -> fl
             # Every FSDP forward gathers weights from all ranks, so all ranks must run equally many:
             # one with fewer batches runs extra passes whose results are ignored.
             most = int(accelerator.reduce(torch.tensor(runs, device=accelerator.device), "max").item())
-            spare = next(eval_batches(blocks, batch_size, 0, accelerator.num_processes, collator))
-            for _ in range(most - runs):
-                raw(**{k: v.to(accelerator.device) for k, v in spare.items()})
+            if most > runs:
+                spare = next(eval_batches(blocks, batch_size, 0, accelerator.num_processes, collator))
+                for _ in range(most - runs):
+                    raw(**{k: v.to(accelerator.device) for k, v in spare.items()})
     raw.train()
     total = accelerator.reduce(total, "sum")
     return (total[0] / total[1]).item()

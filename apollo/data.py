@@ -217,8 +217,8 @@ class BlockCollator:
     The masks are exactly those of `DataCollatorForLanguageModeling.torch_mask_tokens` run on one
     block with that block's generator: the same four draws, in the same order and shapes. Only the
     bookkeeping around them is batched, and the vocabulary size and [MASK] id are looked up once
-    (`len(tokenizer)` is slow): 48x512 blocks took 30 ms through HF's function, ~5 ms here
-    (benchmarks/data_path.py measures it and checks the masks are identical).
+    (`len(tokenizer)` is slow): 48x512 blocks take ~9 ms of CPU here, ~19 ms through HF's function
+    (benchmarks/data_path.py measures both and checks that the masks are identical).
     """
 
     def __init__(self, tokenizer, mlm: bool, mlm_probability: float, seed: int):
@@ -237,7 +237,9 @@ class BlockCollator:
         shape = (1, ids.shape[1])
         keep_p = torch.full(shape, m.mlm_probability)
         replace_p = torch.full(shape, m.mask_replace_prob)
-        random_p = torch.full(shape, m.random_replace_prob / (1 - m.mask_replace_prob)) if m.mask_replace_prob < 1 else None
+        random_p = None  # HF draws no random words when [MASK] takes every masked token
+        if m.mask_replace_prob < 1:
+            random_p = torch.full(shape, m.random_replace_prob / (1 - m.mask_replace_prob))
         masked, replaced, randomized, words = [], [], [], []
         for row, no_mask in zip(rows, special):
             epoch, index = row["key"]

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# BERT-Base (masked LM, 15% masking) with Apollo (layers 1,3,6,12 at epochs 2,4,10,40; lvps;
+# extend), with the official full-scale settings
+# (method spec section 6): 48 blocks of 512 tokens per GPU,
+# AdamW lr 1e-4, wd 0.01, cosine, warmup 0.025, 40 epochs, bf16.
+#
+# One node:        DATASET_DIR=data/wiki_books full-scripts/bert_base_apollo.sh
+# Node k of N:     HOSTFILE=hosts.txt DATASET_DIR=... full-scripts/bert_base_apollo.sh
+#                  (on every node; or full-scripts/multinode.sh start ...)
+# Resume:          RESUME=1 ... full-scripts/bert_base_apollo.sh
+# CPU smoke test:  APOLLO_SMOKE=1 full-scripts/bert_base_apollo.sh
+# run_pretrain.py flags after the script name override every other. Variables: full-scripts/README.md.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+TOKENIZER=${TOKENIZER:-bert-base-uncased}  # Hub name or local folder
+ACCUM=1
+FSDP_WRAP=BertLayer  # the FSDP unit, with accelerate_fsdp.yaml
+SMOKE_MODEL="num_hidden_layers=12,hidden_size=16,num_attention_heads=2,intermediate_size=32"
+
+# The model is the library's default bert config (BERT-Base: 12 layers, 768 wide, 12 heads);
+# its vocabulary follows the tokenizer.
+launch bert-base-apollo \
+    --model_type bert --mlm_probability 0.15 \
+    --max_seq_length 512 --per_device_train_batch_size 48 --gradient_accumulation_steps "$ACCUM" \
+    --num_train_epochs 40 --learning_rate 1e-4 --weight_decay 0.01 \
+    --adam_beta1 0.9 --adam_beta2 0.999 --adam_epsilon 1e-8 \
+    --lr_scheduler_type cosine --warmup_ratio 0.025 \
+    --apollo_layers 1,3,6,12 --apollo_epoch_list 2,4,10,40 --dist_function lvps --grow_method extend \
+    -- "$@"

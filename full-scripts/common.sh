@@ -1,0 +1,148 @@
+# Shared part of the full-scale launch scripts (sourced by bert_base_*.sh and gpt2_base_*.sh).
+#
+# Everything that differs between sites comes from the environment; no host, path or credential
+# is written here. See full-scripts/README.md for the variables. The launch is always
+#   accelerate launch --config_file ACCELERATE_CONFIG <topology> run_pretrain.py <args>
+# and APOLLO_SMOKE=1 runs that same command with 2 CPU processes, a tiny model, the embedded
+# corpus and one optimizer step per epoch.
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SCRIPTS_DIR="$REPO_ROOT/full-scripts"
+
+die() {
+    echo "$(basename "$0"): error: $*" >&2
+    exit 2
+}
+
+# Is one of this machine's names or addresses equal to $1?
+is_this_host() {
+    local want=$1 name
+    for name in "$(hostname)" "$(hostname -s 2>/dev/null)" "$(hostname -f 2>/dev/null)" $(hostname -I 2>/dev/null); do
+        [[ -n $name && $name == "$want" ]] && return 0
+    done
+    return 1
+}
+
+# Sets NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, GPUS_PER_NODE. Sources, first found wins:
+# the variables themselves; HOSTFILE (one host per line, the first is the main node, this node's
+# rank is its line number unless NODE_RANK is set); SLURM's variables; a single local node.
+resolve_topology() {
+    if [[ -n ${HOSTFILE:-} ]]; then
+        [[ -f $HOSTFILE ]] || die "HOSTFILE=$HOSTFILE: no such file"
+        local hosts=() line i
+        while read -r line; do
+            line=${line%%#*}
+            read -r line _ <<<"$line" || true  # first field: "host slots=8" style lines are fine
+            [[ -n $line ]] && hosts+=("$line")
+        done <"$HOSTFILE"
+        ((${#hosts[@]} > 0)) || die "HOSTFILE=$HOSTFILE lists no host"
+        NNODES=${NNODES:-${#hosts[@]}}
+        MASTER_ADDR=${MASTER_ADDR:-${hosts[0]}}
+        if [[ -z ${NODE_RANK:-} ]]; then
+            for i in "${!hosts[@]}"; do
+                if is_this_host "${hosts[$i]}"; then NODE_RANK=$i; break; fi
+            done
+            [[ -n ${NODE_RANK:-} ]] || die "this machine ($(hostname)) is not in HOSTFILE=$HOSTFILE; set NODE_RANK"
+        fi
+    fi
+    NNODES=${NNODES:-${SLURM_NNODES:-1}}
+    NODE_RANK=${NODE_RANK:-${SLURM_NODEID:-0}}
+    if [[ -z ${MASTER_ADDR:-} && -n ${SLURM_JOB_NODELIST:-} ]] && command -v scontrol >/dev/null; then
+        MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    fi
+    if [[ -z ${MASTER_ADDR:-} ]]; then
+        ((NNODES == 1)) || die "NNODES=$NNODES: set MASTER_ADDR (the rank-0 node's address) or HOSTFILE"
+        MASTER_ADDR=127.0.0.1
+    fi
+    MASTER_PORT=${MASTER_PORT:-29500}
+    if [[ -z ${GPUS_PER_NODE:-} ]]; then
+        GPUS_PER_NODE=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+        ((GPUS_PER_NODE > 0)) || die "no GPU found (nvidia-smi); set GPUS_PER_NODE, or APOLLO_SMOKE=1 for a CPU smoke run"
+    fi
+    [[ $NODE_RANK =~ ^[0-9]+$ && $NNODES =~ ^[0-9]+$ ]] && ((NODE_RANK < NNODES)) ||
+        die "NODE_RANK=$NODE_RANK must be in 0..$((NNODES - 1))"
+}
+
+# launch RUN_NAME TRAIN_FLAGS... -- USER_FLAGS...: TRAIN_FLAGS are the official settings; data,
+# precision, logging and site flags follow, then the smoke-mode overrides, then the user's flags
+# (argparse: the last occurrence of a flag wins, so the user's flags override everything).
+launch() {
+    local run_name=$1 train=() user=()
+    shift
+    while (($#)) && [[ $1 != -- ]]; do train+=("$1"); shift; done
+    (($#)) && shift
+    user=("$@")
+    local config=${ACCELERATE_CONFIG:-$SCRIPTS_DIR/accelerate_ddp.yaml}
+    [[ -f $config ]] || die "ACCELERATE_CONFIG=$config: no such file"
+    local precision=${PRECISION:-bf16}
+    local site=() smoke=() topo=()
+    if [[ ${APOLLO_SMOKE:-0} == 1 ]]; then
+        # Same launcher and config file, CPU-sized: 2 gloo processes on this machine.
+        NNODES=1 NODE_RANK=0 GPUS_PER_NODE=2 MASTER_ADDR=127.0.0.1
+        MASTER_PORT=${MASTER_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+        precision=no
+        export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+        OUTPUT_DIR=${OUTPUT_DIR:-$REPO_ROOT/runs/smoke/$run_name}
+        LOG_DIR=${LOG_DIR:-$REPO_ROOT/logs/smoke/$run_name}
+        # One optimizer step per epoch: 2 processes x 2 blocks x ACCUM accumulation per step.
+        smoke=(--cpu --config_overrides "$SMOKE_MODEL" --max_seq_length 32 --per_device_train_batch_size 2
+               --max_train_samples $((2 * 2 * ${ACCUM:-1})) --max_eval_samples 8 --per_device_eval_batch_size 4
+               --eval_steps 10 --save_steps 20 --logging_steps 10 --dataloader_num_workers "${LOADER_WORKERS:-1}"
+               --preprocessing_num_workers "${PREPROCESS_WORKERS:-2}")
+        if [[ ${RESUME:-0} != 1 ]]; then smoke+=(--overwrite_output_dir); fi  # smoke runs start over
+        if grep -q 'distributed_type: *FSDP' "$config"; then
+            echo "note: Accelerate applies FSDP only on GPUs; this CPU smoke run trains with DDP (gloo)" >&2
+        fi
+    else
+        resolve_topology
+        [[ -n ${DATASET_DIR:-} ]] || die "set DATASET_DIR to a dataset saved by download_train_datasets.py"
+        OUTPUT_DIR=${OUTPUT_DIR:-$REPO_ROOT/runs/$run_name}
+        LOG_DIR=${LOG_DIR:-$REPO_ROOT/logs/$run_name}
+        site=(--dataset_dir "$DATASET_DIR" --tokenizer_name "$TOKENIZER"
+              --preprocessing_num_workers "${PREPROCESS_WORKERS:-16}"
+              --dataloader_num_workers "${LOADER_WORKERS:-4}" --max_eval_samples "${EVAL_BLOCKS:-2048}"
+              --eval_steps "${EVAL_STEPS:-1000}" --save_steps "${SAVE_STEPS:-2000}"
+              --save_total_limit "${SAVE_TOTAL_LIMIT:-3}" --logging_steps 100 --report_to "${REPORT_TO:-none}")
+    fi
+    topo=(--num_machines "$NNODES" --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR"
+          --main_process_port "$MASTER_PORT" --num_processes $((NNODES * GPUS_PER_NODE))
+          --mixed_precision "$precision" --dynamo_backend no)
+    if grep -q 'distributed_type: *FSDP' "$config"; then
+        topo+=(--fsdp_transformer_layer_cls_to_wrap "$FSDP_WRAP")
+    fi
+    if [[ ${RESUME:-0} == 1 ]]; then
+        site+=(--resume_from_checkpoint latest)  # the newest complete checkpoint in OUTPUT_DIR
+    fi
+    if [[ ${TORCH_COMPILE:-0} == 1 ]]; then site+=(--torch_compile); fi
+    if [[ ${NO_TF32:-0} == 1 ]]; then site+=(--no_tf32); fi
+
+    local cmd=(accelerate launch --config_file "$config" "${topo[@]}" "$REPO_ROOT/run_pretrain.py"
+               "${train[@]}" --mixed_precision "$precision" --output_dir "$OUTPUT_DIR"
+               --apollo_info_output_file apollo_schedule "${site[@]}" "${smoke[@]}" "${user[@]}")
+    if [[ ${DRY_RUN:-0} == 1 ]]; then  # show what this node would run, and stop
+        echo "node $NODE_RANK of $NNODES, $GPUS_PER_NODE processes per node, main $MASTER_ADDR:$MASTER_PORT"
+        printf '%q ' "${cmd[@]}"
+        echo
+        return 0
+    fi
+    mkdir -p "$LOG_DIR"
+    local log="$LOG_DIR/node-$NODE_RANK.log" pidfile="$LOG_DIR/node-$NODE_RANK.pid"
+    {
+        echo "# $(date -u +%FT%TZ) $(hostname) node $NODE_RANK/$NNODES, $GPUS_PER_NODE processes per node," \
+             "main $MASTER_ADDR:$MASTER_PORT"
+        printf '%q ' "${cmd[@]}"
+        echo
+    } | tee -a "$log"
+    # The subshell records its PID and becomes the launcher (exec), in the foreground so that Ctrl-C
+    # reaches every rank; stop.sh finds the ranks as this PID's children.
+    local rc=0
+    set -o pipefail
+    (
+        echo "$BASHPID $(hostname)" >"$pidfile"
+        cd "$REPO_ROOT"
+        exec "${cmd[@]}"
+    ) 2>&1 | tee -a "$log" || rc=$?
+    rm -f "$pidfile"
+    echo "# $(date -u +%FT%TZ) exit status $rc" | tee -a "$log"
+    return $rc
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# GPT2-Base (causal LM) from scratch, with the official full-scale settings
+# (method spec section 6): 12 blocks of 1024 tokens per GPU x 2 accumulation,
+# AdamW lr 1e-4, wd 0.01, cosine, warmup 0.025, 40 epochs, bf16.
+#
+# One node:        DATASET_DIR=data/wiki_books full-scripts/gpt2_base_scratch.sh
+# Node k of N:     HOSTFILE=hosts.txt DATASET_DIR=... full-scripts/gpt2_base_scratch.sh
+#                  (on every node; or full-scripts/multinode.sh start ...)
+# Resume:          RESUME=1 ... full-scripts/gpt2_base_scratch.sh
+# CPU smoke test:  APOLLO_SMOKE=1 full-scripts/gpt2_base_scratch.sh
+# run_pretrain.py flags after the script name override every other. Variables: full-scripts/README.md.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+TOKENIZER=${TOKENIZER:-gpt2}  # Hub name or local folder
+ACCUM=2
+FSDP_WRAP=GPT2Block  # the FSDP unit, with accelerate_fsdp.yaml
+SMOKE_MODEL="n_layer=12,n_embd=16,n_head=2"
+
+# The model is the library's default gpt2 config (GPT2-Base: 12 layers, 768 wide, 12 heads);
+# its vocabulary follows the tokenizer.
+launch gpt2-base-scratch \
+    --model_type gpt2 \
+    --max_seq_length 1024 --per_device_train_batch_size 12 --gradient_accumulation_steps "$ACCUM" \
+    --num_train_epochs 40 --learning_rate 1e-4 --weight_decay 0.01 \
+    --adam_beta1 0.9 --adam_beta2 0.999 --adam_epsilon 1e-8 \
+    --lr_scheduler_type cosine --warmup_ratio 0.025 \
+    -- "$@"
