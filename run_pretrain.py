@@ -294,8 +294,11 @@ def main(argv=None) -> None:
     train_blocks, eval_blocks = blocks["train"], blocks["validation"]
     if cfg.max_train_samples:
         train_blocks = train_blocks.select(range(min(cfg.max_train_samples, len(train_blocks))))
-    if cfg.max_eval_samples:
-        eval_blocks = eval_blocks.select(range(min(cfg.max_eval_samples, len(eval_blocks))))
+    if cfg.max_eval_samples and cfg.max_eval_samples < len(eval_blocks):
+        # Evenly spaced, not the first N: the first blocks are a few documents of one kind, and
+        # their loss (measured: 6.96 vs 6.67 on a spread of 48 blocks) is not the validation set's.
+        stride = len(eval_blocks) / cfg.max_eval_samples
+        eval_blocks = eval_blocks.select([int(i * stride) for i in range(cfg.max_eval_samples)])
     if len(eval_blocks) == 0:
         raise ConfigError("validation_file", f"the validation text makes no block of {cfg.max_seq_length} tokens")
 

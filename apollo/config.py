@@ -50,7 +50,8 @@ class TrainConfig:
     max_seq_length: int = _f(128, "Tokens per training block (texts are concatenated and cut into blocks).")
     mlm_probability: float = _f(0.15, "Share of tokens masked for BERT's masked-LM loss.")
     max_train_samples: int | None = _f(None, "Use at most this many training blocks (debugging).")
-    max_eval_samples: int | None = _f(None, "Use at most this many validation blocks.")
+    max_eval_samples: int | None = _f(None, "Evaluate on this many validation blocks, evenly spaced "
+                                      "over the validation set (the same blocks for every run).")
     preprocessing_num_workers: int | None = _f(None, "Processes for tokenization (datasets.map num_proc).")
     dataloader_num_workers: int = _f(0, "DataLoader worker processes.")
     # Training

@@ -4,8 +4,9 @@
 # token budget and evaluation, seeds 1,2,3; then the figures and the table (FLOPs saved at equal loss,
 # loss at equal FLOPs, wall-clock saved) in benchmarks/results/TAG/.
 #
-# Default: 12 layers of width 128, vocab 8192, 250 steps of 16 x 64 tokens, stages at 10/20/50% of
-# the steps, two runs at a time with one thread each: about 30 min on 2 idle CPU cores (18 runs).
+# Default: 12 layers of width 128, vocab 8192, 200 steps of 8 x 64 tokens, stages at 10/20/50% of
+# the steps, two runs at a time with one thread each: 18 runs, 38 CPU-minutes, so about 20-25 min on
+# 2 idle CPU cores (52 min measured on 2 cores shared with other jobs).
 # Re-running skips the runs that already finished (delete runs/compare to start over).
 #
 # Extra flags are passed on, e.g.
@@ -15,5 +16,4 @@
 #   bash example-scripts/run_compare_example.sh --tag long --steps 2000 --seq 128 --width 256 --eval_every 50 --eval_samples 200
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export APOLLO_CACHE=${APOLLO_CACHE:-/tmp/apollo-bench-cache}  # tokenizer and token blocks, built once
 python benchmarks/compare.py "$@"
