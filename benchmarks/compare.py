@@ -149,8 +149,8 @@ def execute(jobs: list[tuple[str, Path, list[str]]], args) -> dict[str, float]:
     that parallel runs do not each train the tokenizer and tokenize the corpus.
     """
     threads = args.threads or max(1, 2 // args.jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
-           "APOLLO_CACHE": os.environ.get("APOLLO_CACHE", "/tmp/apollo-bench-cache")}
+    # The tokenizer and block cache is run_pretrain.py's usual one ($APOLLO_CACHE or ~/.cache/apollo).
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     logs = Path(args.runs_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     pending, running, times, ready = list(jobs), [], {}, set()
