@@ -142,8 +142,11 @@ def is_done(out: Path, cmd: list[str]) -> bool:
     return (out / "model.safetensors").exists() and marker.exists() and json.loads(marker.read_text()) == cmd
 
 
-def execute(jobs: list[tuple[str, Path, list[str]]], args) -> dict[str, float]:
+def execute(jobs: list[tuple[str, Path, list[str]]], args, allow_failure: bool = False) -> dict[str, float]:
     """Run (model, out, cmd) jobs, `args.jobs` at a time; returns each run's process wall time.
+
+    A failed run stops everything, unless `allow_failure` (a study whose high LRs may diverge): then
+    the run is marked with OUT/compare_failed.json and the others go on.
 
     The first run of a model type runs alone until its data is prepared (metrics.jsonl appears), so
     that parallel runs do not each train the tokenizer and tokenize the corpus.
@@ -164,6 +167,11 @@ def execute(jobs: list[tuple[str, Path, list[str]]], args) -> dict[str, float]:
             running.remove(job)
             log.close()
             if proc.returncode != 0 or not (out / "model.safetensors").exists():  # exit 0 also on a stop request
+                if allow_failure and proc.returncode != 0:
+                    (out / "compare_failed.json").write_text(json.dumps(cmd))
+                    print(f"[compare] FAILED {out.name} (exit {proc.returncode}); log: {logs / (out.name + '.log')}",
+                          flush=True)
+                    continue
                 sys.exit(f"run failed or stopped (exit {proc.returncode}): {out}; log: {logs / (out.name + '.log')}")
             (out / "compare_cmd.json").write_text(json.dumps(cmd))
             times[out.name] = time.time() - start

@@ -1,0 +1,407 @@
+#!/usr/bin/env python
+"""When does growth pay? A training-length study of scratch vs growth schedules (GPT-2), gated.
+
+    python benchmarks/growth_study.py gate          # 1. is this a regime where growth is a question at all?
+    python benchmarks/growth_study.py sweep         # 2. peak LR per method at the middle length (needs the gate)
+    python benchmarks/growth_study.py lengths       # 3. every method at every length, several seeds
+    python benchmarks/growth_study.py report        # tables + figure from whatever runs exist (no training)
+    python benchmarks/growth_study.py gate --preset gpu --dataset_dir DIR   # the same on one GPU (README)
+
+The gate comes first because a growth "saving" means nothing where depth does not pay: if a
+2-layer model trained on the same tokens beats the 12-layer one, growing into 12 layers cannot be
+judged against it (measured-facts: on the embedded corpus the 2-layer model wins at 4M tokens).
+Gate, each condition measured and reported:
+  (a) off the plateau: the best 12-layer scratch run ends >= 1.5 nats below the unigram entropy of
+      the training text under the run's tokenizer;
+  (b) depth pays: with each depth at its own best peak LR (from --gate_lrs), 12-layer scratch ends
+      >= 0.1 nats below both the 2- and the 4-layer scratch runs; one epoch at most, so no
+      training block is seen twice.
+The later phases refuse to start unless the gate passed (--force overrides, for a look only).
+
+Methods (all GPT-2, same data, tokenizer, batch, token budget, schedule shape, evaluation):
+  scratch      the full model from step 0
+  apollo       the official full-scale recipe: layers 1,3,6,12, stages end at 5/10/25% of the run,
+               LVPS depth sampling, interpolation (extend) growth
+  stack        progressive stacking: same stages, depth = unique layers, stack growth
+  late         one late growth: 2 layers (stacked) to 12 at 80% of the run
+  apollo_knobs Apollo with the knob settings of --knobs (growth warmup, growth noise, WSD)
+
+Every run is a `run_pretrain.py` command; its folder is named by a hash of the command, so
+re-running a phase skips finished runs (resume a killed study by running it again). Results go to
+benchmarks/results/growth_study/<preset>/ (summary.json, tables, figure); run folders (models,
+not committed) to runs/growth_study/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from apollo.plot import flops_to_reach, load_run, loss_at  # noqa: E402
+from compare import equal_loss_saving, execute, fmt, mean_std, run_dir  # noqa: E402
+
+# Model, data and evaluation of each preset; everything else is shared.
+PRESETS = {
+    # 2 CPU cores: width 128 (4 heads), no dropout, a 2k BPE trained on the embedded corpus (about
+    # 2M training tokens: one epoch is ~950 steps of 16 x 128).
+    "cpu": dict(width=128, heads=4, vocab=2048, seq=128, batch=16, dropout=0.0, eval_samples=200,
+                gate_lrs="1e-3,2e-3,4e-3", jobs=2, threads=1, precision="no"),
+    # One GPU: GPT2-Base width (768, 12 heads), sequence 512, bf16, a 32k BPE; data from
+    # download_train_datasets.py (--dataset_dir), since 2M embedded tokens are far too few.
+    "gpu": dict(width=768, heads=12, vocab=32768, seq=512, batch=32, dropout=0.0, eval_samples=400,
+                gate_lrs="3e-4,6e-4,1.2e-3", jobs=1, threads=8, precision="bf16"),
+}
+DEPTH = 12
+METHODS = ("scratch", "apollo", "stack", "late", "apollo_knobs")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("phase", choices=("gate", "sweep", "lengths", "report"), help="What to run (see above).")
+    a("--preset", default="cpu", choices=sorted(PRESETS), help="Model/data size (see PRESETS).")
+    a("--dataset_dir", help="A dataset saved by download_train_datasets.py (default: the embedded corpus).")
+    a("--gate_depths", default="2,4,12", help="Depths of the gate's scratch runs (the last is the full depth).")
+    a("--gate_lrs", help="Peak LRs tried per depth in the gate (default: the preset's).")
+    a("--gate_steps", type=int, help="Steps of the gate runs (default: one epoch; never more: no block twice).")
+    a("--lengths", default="0.125,0.25,0.5,1.0", help="Training lengths as shares of one epoch (>= 8x apart).")
+    a("--sweep_lrs", help="Peak LRs of the sweep (default: --gate_lrs).")
+    a("--methods", default=",".join(METHODS), help="Methods of the sweep and lengths phases.")
+    a("--knobs", default="--growth_warmup_steps 0.02 --growth_noise 0.01",
+      help="run_pretrain.py flags of apollo_knobs (growth warmup as a share of the run, noise, ...).")
+    a("--seeds", default="1,2", help="Seeds per cell of the lengths phase (the shortest length adds one more).")
+    a("--warmup_ratio", type=float, default=0.025, help="Linear warmup share (the official 0.025).")
+    a("--force", action="store_true", help="Run sweep/lengths even though the gate did not pass.")
+    a("--jobs", type=int, help="Runs in parallel (default: the preset's).")
+    a("--threads", type=int, help="OMP threads per run (default: the preset's).")
+    a("--runs_dir", default=str(REPO / "runs" / "growth_study"), help="Where run folders go (large).")
+    a("--results_dir", default=str(REPO / "benchmarks" / "results" / "growth_study"), help="Where results go.")
+    a("--dry_run", action="store_true", help="Print the commands and exit.")
+    args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    args.gate_lrs = args.gate_lrs or preset["gate_lrs"]
+    args.sweep_lrs = args.sweep_lrs or args.gate_lrs
+    args.jobs = args.jobs or preset["jobs"]
+    args.threads = args.threads or preset["threads"]
+    args.results = Path(args.results_dir) / args.preset
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------
+def base_command(args, depth: int, steps: int, lr: float, seed: int) -> list[str]:
+    """Flags shared by every run of the study: model, data, budget, LR schedule, evaluation."""
+    pr = PRESETS[args.preset]
+    d = pr["dropout"]
+    cmd = ["--model_type", "gpt2",
+           "--config_overrides", f"n_layer={depth},n_embd={pr['width']},n_head={pr['heads']},"
+                                 f"resid_pdrop={d},embd_pdrop={d},attn_pdrop={d}",
+           "--tokenizer_vocab_size", pr["vocab"], "--max_seq_length", pr["seq"],
+           "--per_device_train_batch_size", pr["batch"], "--num_train_epochs", 1, "--max_train_steps", steps,
+           "--learning_rate", lr, "--lr_scheduler_type", "cosine", "--warmup_ratio", args.warmup_ratio,
+           "--weight_decay", 0.01, "--eval_steps", max(1, round(steps / 20)),  # ~every 5% of the run
+           "--max_eval_samples", pr["eval_samples"], "--save_strategy", "no",
+           "--logging_steps", max(1, steps // 10), "--seed", seed, "--mixed_precision", pr["precision"]]
+    if args.dataset_dir:
+        cmd += ["--dataset_dir", args.dataset_dir]
+    return [str(x) for x in cmd]
+
+
+def method_flags(method: str, steps: int, args) -> list[str]:
+    """Schedule flags of a growth method, stage ends as shares of the run (--apollo_step_list fractions)."""
+    if method == "scratch":
+        return []
+    if method == "late":
+        return ["--apollo_layers", f"2,{DEPTH}", "--apollo_step_list", "0.8,1.0", "--dist_function", "constant_low",
+                "--grow_method", "stack"]
+    flags = ["--apollo_layers", f"1,3,6,{DEPTH}", "--apollo_step_list", "0.05,0.1,0.25,1.0"]
+    if method == "stack":
+        return flags + ["--dist_function", "constant_low", "--grow_method", "stack"]
+    flags += ["--dist_function", "lvps", "--grow_method", "extend"]
+    if method == "apollo_knobs":
+        flags += knob_flags(args.knobs, steps)
+    return flags
+
+
+def knob_flags(knobs: str, steps: int) -> list[str]:
+    """--knobs with a fractional --growth_warmup_steps turned into steps of this run's length."""
+    words = knobs.split()
+    for i, w in enumerate(words[:-1]):
+        if w == "--growth_warmup_steps" and "." in words[i + 1]:
+            words[i + 1] = str(max(1, round(float(words[i + 1]) * steps)))
+    return words
+
+
+def one_epoch_steps(args) -> int:
+    """Optimizer steps in one epoch of the preset's data, read from a finished run's resolved config."""
+    for config in sorted(Path(args.runs_dir).glob("*/run_config.json")):
+        c = json.loads(config.read_text())
+        pr = PRESETS[args.preset]
+        if (c.get("max_seq_length"), c.get("per_device_train_batch_size"), c.get("tokenizer_vocab_size"),
+                c.get("dataset_dir")) == (pr["seq"], pr["batch"], pr["vocab"], args.dataset_dir):
+            return int(c["steps_per_epoch"])
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Phases
+# ----------------------------------------------------------------------------------------------
+def gate_jobs(args, steps: int) -> list[tuple[str, Path, list[str], dict]]:
+    jobs = []
+    for lr in map(float, args.gate_lrs.split(",")):  # LR-major: the first results compare depths
+        for depth in sorted(map(int, args.gate_depths.split(",")), reverse=True):  # longest first
+            cmd = base_command(args, depth, steps, lr, 1)
+            jobs.append(("gpt2", run_dir("gpt2", f"gate-L{depth}-lr{lr:g}", 1, cmd, args), cmd,
+                         {"phase": "gate", "depth": depth, "lr": lr, "seed": 1, "steps": steps}))
+    return jobs
+
+
+def study_jobs(args, phase: str, epoch_steps: int, best_lr: dict) -> list[tuple[str, Path, list[str], dict]]:
+    methods = args.methods.split(",")
+    lengths = [float(x) for x in args.lengths.split(",")]
+    jobs = []
+    if phase == "sweep":
+        middle = lengths[len(lengths) // 2 - 1] if len(lengths) % 2 == 0 else lengths[len(lengths) // 2]
+        steps = max(20, round(middle * epoch_steps))
+        for lr in map(float, args.sweep_lrs.split(",")):
+            for method in methods:
+                jobs.append(_job(args, method, steps, lr, 1, "sweep"))
+        return jobs
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for i, share in enumerate(lengths):
+        steps = max(20, round(share * epoch_steps))
+        cell_seeds = seeds + ([max(seeds) + 1] if i == 0 else [])  # three seeds at the shortest length
+        for seed in cell_seeds:
+            for method in methods:
+                jobs.append(_job(args, method, steps, best_lr.get(method, best_lr.get("scratch")), seed, "lengths"))
+    return jobs
+
+
+def _job(args, method, steps, lr, seed, phase):
+    cmd = base_command(args, DEPTH, steps, lr, seed) + method_flags(method, steps, args)
+    meta = {"phase": phase, "method": method, "lr": lr, "seed": seed, "steps": steps, "depth": DEPTH}
+    return ("gpt2", run_dir("gpt2", f"{phase}-{method}-n{steps}-lr{lr:g}", seed, cmd, args), cmd, meta)
+
+
+def run_jobs(args, jobs) -> None:
+    from compare import is_done
+
+    todo = [(m, out, cmd) for m, out, cmd, _ in jobs if not is_done(out, cmd) and not _failed(out, cmd)]
+    if args.dry_run:
+        for _, out, cmd in todo:
+            print("python run_pretrain.py", " ".join(cmd), "--output_dir", out)
+        return
+    for _, out, cmd, meta in jobs:  # what each folder is, for the report
+        out.mkdir(parents=True, exist_ok=True)
+    execute(todo, args, allow_failure=True)
+    for _, out, cmd, meta in jobs:
+        (out / "study_meta.json").write_text(json.dumps({**meta, "cmd": cmd}))
+
+
+def _failed(out: Path, cmd) -> bool:
+    marker = out / "compare_failed.json"
+    return marker.exists() and json.loads(marker.read_text()) == cmd
+
+
+# ----------------------------------------------------------------------------------------------
+# Summaries
+# ----------------------------------------------------------------------------------------------
+def unigram_entropy(run: Path, args) -> float:
+    """Entropy (nats) of the token unigram distribution of the training text under the run's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from apollo.data import load_text_splits
+    from apollo.config import parse_config
+
+    cfg = parse_config(json.loads((run / "study_meta.json").read_text())["cmd"] + ["--output_dir", str(run)])
+    tokenizer = AutoTokenizer.from_pretrained(str(run))
+    counts = Counter()
+    texts = load_text_splits(cfg)["train"]["text"]
+    for lo in range(0, len(texts), 1000):
+        for ids in tokenizer(texts[lo:lo + 1000], add_special_tokens=False)["input_ids"]:
+            counts.update(ids)
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+def final_eval(out: Path) -> float | None:
+    if not (out / "model.safetensors").exists():
+        return None
+    run = load_run(out)
+    return run.evals[-1]["eval_loss"] if run.evals else None
+
+
+def gate_report(args, jobs) -> dict:
+    rows, best = [], {}
+    for _, out, cmd, meta in jobs:
+        loss = final_eval(out)
+        rows.append({**meta, "final_eval_loss": loss, "diverged": _failed(out, cmd), "run": out.name})
+        if loss is not None and (meta["depth"] not in best or loss < best[meta["depth"]]["final_eval_loss"]):
+            best[meta["depth"]] = rows[-1]
+    depths = sorted(map(int, args.gate_depths.split(",")))
+    full, shallow = depths[-1], depths[:-1]
+    result = {"rows": rows, "best": {str(d): best.get(d) for d in depths}}
+    if full in best:
+        h = unigram_entropy(REPO / args.runs_dir / best[full]["run"], args)
+        result["unigram_entropy"] = h
+        result["a_off_plateau"] = best[full]["final_eval_loss"] <= h - 1.5
+        result["a_margin"] = h - best[full]["final_eval_loss"]
+    if full in best and all(d in best for d in shallow):
+        margins = {str(d): best[d]["final_eval_loss"] - best[full]["final_eval_loss"] for d in shallow}
+        result["b_margins"] = margins
+        result["b_depth_pays"] = all(m >= 0.1 for m in margins.values())
+    complete = all(r["final_eval_loss"] is not None or r["diverged"] for r in rows)
+    result["complete"] = complete
+    result["passed"] = bool(complete and result.get("a_off_plateau") and result.get("b_depth_pays"))
+    return result
+
+
+def gate_table(gate: dict, lrs: list[float], depths: list[int]) -> str:
+    head = ["depth"] + [f"lr {lr:g}" for lr in lrs] + ["best"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for depth in depths:
+        cells = [str(depth)]
+        for lr in lrs:
+            r = next((r for r in gate["rows"] if r["depth"] == depth and r["lr"] == lr), None)
+            cells.append("-" if r is None else "diverged" if r["diverged"] else
+                         "(running)" if r["final_eval_loss"] is None else f"{r['final_eval_loss']:.3f}")
+        b = gate["best"].get(str(depth))
+        cells.append("-" if not b else f"{b['final_eval_loss']:.3f} (lr {b['lr']:g})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def lengths_report(jobs) -> dict:
+    """Per (steps, method): FLOPs saved at equal loss etc. against the scratch run of the same seed."""
+    cells = {}
+    done = {(m["steps"], m["method"], m["seed"]): out for _, out, _, m in jobs if final_eval(out) is not None}
+    for (steps, method, seed), out in done.items():
+        ref = done.get((steps, "scratch", seed))
+        if ref is None:
+            continue
+        run, scratch = load_run(out), load_run(ref)
+        saved, reached = equal_loss_saving(run, scratch, "flops")
+        at = min(run.evals[-1]["flops"], scratch.evals[-1]["flops"])
+        cells.setdefault(f"{steps}:{method}", []).append({
+            "seed": seed, "final_loss": run.evals[-1]["eval_loss"], "reached": reached, "flops_saved_pct": saved,
+            "equal_flops_delta": loss_at(run.points(), at) - loss_at(scratch.points(), at),
+            "flops_ratio": run.evals[-1]["flops"] / scratch.evals[-1]["flops"],
+            "wall_ratio": run.evals[-1]["elapsed_s"] / scratch.evals[-1]["elapsed_s"],
+            "tokens": run.evals[-1]["tokens"]})
+    return cells
+
+
+def lengths_table(cells: dict) -> str:
+    head = ["steps", "tokens", "method", "seeds", "reached scratch's loss", "FLOPs saved at equal loss",
+            "final loss", "Δ loss at equal FLOPs", "FLOPs / scratch", "wall / scratch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in sorted(cells, key=lambda k: (int(k.split(":")[0]), METHODS.index(k.split(":")[1]))):
+        steps, method = key.split(":")
+        rows = cells[key]
+        lines.append("| " + " | ".join([steps, f"{rows[0]['tokens']:.3g}", method, str(len(rows)),
+                                        f"{sum(r['reached'] for r in rows)}/{len(rows)}",
+                                        fmt([r["flops_saved_pct"] for r in rows], "+.1f", "%"),
+                                        fmt([r["final_loss"] for r in rows], ".3f"),
+                                        fmt([r["equal_flops_delta"] for r in rows], "+.3f"),
+                                        fmt([r["flops_ratio"] for r in rows], ".3f"),
+                                        fmt([r["wall_ratio"] for r in rows], ".2f")]) + " |")
+    return "\n".join(lines)
+
+
+def savings_figure(cells: dict, out: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    for method in METHODS[1:]:
+        pts = []
+        for key, rows in cells.items():
+            if key.endswith(f":{method}"):
+                m, s = mean_std([r["flops_saved_pct"] for r in rows])
+                if m is not None:
+                    pts.append((rows[0]["tokens"], m, s))
+        if pts:
+            pts.sort()
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                        capsize=3, label=method)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(xscale="log", xlabel="training tokens", ylabel="FLOPs saved at equal loss vs scratch (%)",
+           title="GPT-2: FLOPs saved at scratch's loss, by training length")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+
+
+# ----------------------------------------------------------------------------------------------
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.results.mkdir(parents=True, exist_ok=True)
+    summary_path = args.results / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    start = time.time()
+
+    epoch = one_epoch_steps(args)
+    if args.phase == "gate" and not epoch and not args.gate_steps:
+        # One short run of the shallowest model prepares the data and tells the epoch length.
+        probe = base_command(args, 2, 1, 1e-3, 1)
+        run_jobs(args, [("gpt2", run_dir("gpt2", "probe", 1, probe, args), probe, {"phase": "probe"})])
+        epoch = one_epoch_steps(args)
+    gate_steps = args.gate_steps or epoch
+    if gate_steps > epoch > 0:
+        sys.exit(f"--gate_steps {gate_steps} is more than one epoch ({epoch} steps): blocks would repeat")
+    gjobs = gate_jobs(args, gate_steps) if gate_steps else []
+    if args.phase == "gate":
+        run_jobs(args, gjobs)
+    gate = gate_report(args, gjobs) if gjobs else {}
+    lrs, depths = [float(x) for x in args.gate_lrs.split(",")], sorted(map(int, args.gate_depths.split(",")))
+    summary.update(preset=args.preset, preset_config=PRESETS[args.preset], epoch_steps=epoch, gate=gate,
+                   commit=os.popen(f"git -C {REPO} rev-parse HEAD").read().strip())
+
+    if args.phase in ("sweep", "lengths") and not gate.get("passed") and not args.force:
+        sys.exit("the gate has not passed (run `gate` first, or see the report): growth cannot be judged here; "
+                 "--force runs it anyway")
+    best_lr = {}
+    sweep_jobs = study_jobs(args, "sweep", epoch, {}) if epoch else []
+    if args.phase == "sweep":
+        run_jobs(args, sweep_jobs)
+    for _, out, _, meta in sweep_jobs:
+        loss = final_eval(out)
+        if loss is not None and (meta["method"] not in best_lr or loss < best_lr[meta["method"]][1]):
+            best_lr[meta["method"]] = (meta["lr"], loss)
+    summary["sweep_best_lr"] = {m: {"lr": v[0], "final_eval_loss": v[1]} for m, v in best_lr.items()}
+    len_jobs = study_jobs(args, "lengths", epoch, {m: v[0] for m, v in best_lr.items()}) if best_lr else []
+    if args.phase == "lengths":
+        run_jobs(args, len_jobs)
+    cells = lengths_report(len_jobs) if len_jobs else {}
+    summary["lengths"] = cells
+    summary[f"{args.phase}_wall_s"] = time.time() - start
+
+    summary_path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    text = [f"# Growth study, preset {args.preset}\n", f"One epoch = {epoch} optimizer steps.\n"]
+    if gate:
+        text += ["## Gate: scratch final eval loss by depth and peak LR\n", gate_table(gate, lrs, depths), "",
+                 f"Unigram entropy of the training text: {gate.get('unigram_entropy', float('nan')):.3f} nats. "
+                 f"(a) off the plateau: {gate.get('a_off_plateau')} (12-layer margin "
+                 f"{gate.get('a_margin', float('nan')):.3f}, needs >= 1.5). (b) depth pays: {gate.get('b_depth_pays')} "
+                 f"(12-layer lead over shallower models at their best LR: {gate.get('b_margins')}, needs >= 0.1 each). "
+                 f"Gate {'PASSED' if gate['passed'] else 'not passed' if gate['complete'] else 'incomplete'}.\n"]
+    if cells:
+        text += ["## FLOPs saved at equal loss, by length and method\n", lengths_table(cells), ""]
+        savings_figure(cells, args.results / "savings_vs_tokens.png")
+    (args.results / "table.md").write_text("\n".join(text))
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
