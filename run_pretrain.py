@@ -39,7 +39,7 @@ from apollo.data import (EVAL_MASK_SEED, BlockCollator, KeyedBlocks, StepBatchSa
                          prepare_first,
                          load_text_splits, token_blocks)
 from apollo.flops import training_flops
-from apollo.growth import grow_layers
+from apollo.growth import grow_layers, growth_noise_seed
 from apollo.logs import JsonLines, schedule_record
 from apollo.plan import depth_plan, growth_map
 from apollo.sampling import sample_depth
@@ -54,7 +54,8 @@ RESUME_MUST_MATCH = ("model_type", "tokenizer_name", "tokenizer_vocab_size",
                      "num_train_epochs", "max_train_steps", "apollo_layers", "apollo_epoch_list", "apollo_step_list",
                      "dist_function", "grow_method", "copy_optimizer_state_on_growth", "learning_rate",
                      "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2",
-                     "adam_epsilon", "max_grad_norm", "mlm_probability", "max_train_samples")
+                     "adam_epsilon", "max_grad_norm", "mlm_probability", "max_train_samples", "lr_decay_ratio",
+                     "lr_decay_type", "growth_warmup_steps", "growth_noise")
 TOKENIZER_FIELDS = {"vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"}  # set by fit_vocabulary
 
 
@@ -144,8 +145,10 @@ def check_output_dir(cfg: TrainConfig, config) -> Path | None:
                                                         f"{' in ' + str(out) if cfg.resume_from_checkpoint == 'latest' else ''}")
         saved = json.loads((ckpt / "run_config.json").read_text())
         for name in RESUME_MUST_MATCH:
-            if saved.get(name) != getattr(cfg, name):
-                raise ConfigError(name, f"{getattr(cfg, name)!r} differs from the checkpoint's {saved.get(name)!r}")
+            # A flag newer than the checkpoint had its default then (the knobs are off by default).
+            theirs = saved.get(name, TrainConfig.__dataclass_fields__[name].default)
+            if theirs != getattr(cfg, name):
+                raise ConfigError(name, f"{getattr(cfg, name)!r} differs from the checkpoint's {theirs!r}")
         # The model's shape, however it was given (--config_name or --config_overrides, in any order).
         # Token ids and vocabulary size follow the tokenizer, which the flags above already pin down.
         ours = json.loads(json.dumps(config.to_dict(), default=str))
@@ -174,6 +177,9 @@ def build_schedule(cfg: TrainConfig, steps_per_epoch: int, total_steps: int, ful
     if cfg.apollo_epoch_list:
         schedule = StageSchedule.from_epochs(cfg.layer_list(), cfg.stage_ends(), steps_per_epoch)
         flag = "apollo_epoch_list"
+    elif cfg.step_fractions:
+        schedule = StageSchedule.from_fractions(cfg.layer_list(), cfg.stage_ends(), total_steps)
+        flag = "apollo_step_list"
     else:
         schedule = StageSchedule(cfg.layer_list(), cfg.stage_ends())
         flag = "apollo_step_list"
@@ -185,6 +191,20 @@ def build_schedule(cfg: TrainConfig, steps_per_epoch: int, total_steps: int, ful
         raise ConfigError(flag, f"stages end at optimizer steps {list(ends)}, beyond the run's {total_steps} steps "
                                 f"({steps_per_epoch} steps per epoch)")
     return schedule
+
+
+def build_lr_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
+    """transformers' scheduler: the step's LR is a function of the step alone (growth ramp: see the loop)."""
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total_steps)
+    extra = None
+    if cfg.lr_scheduler_type == "warmup_stable_decay":
+        decay = max(1, round(cfg.lr_decay_ratio * total_steps))
+        if warmup + decay > total_steps:
+            raise ConfigError("lr_decay_ratio", f"{warmup} warmup and {decay} decay steps exceed the run's "
+                                                f"{total_steps} steps")
+        extra = {"num_decay_steps": decay, "decay_type": cfg.lr_decay_type}
+    return get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+                         scheduler_specific_kwargs=extra)
 
 
 def build_optimizer(cfg: TrainConfig, model):
@@ -328,10 +348,8 @@ def main(argv=None) -> None:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = build_optimizer(cfg, model)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total_steps)
     # Not passed to prepare(): Accelerate would step it once per process. We step it once per optimizer step.
-    lr_scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
-                                 num_training_steps=total_steps)
+    lr_scheduler = build_lr_scheduler(cfg, optimizer, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
     raw_model = accelerator.unwrap_model(model)
@@ -406,7 +424,8 @@ def main(argv=None) -> None:
         if schedule.grows_at(step):  # first step of a new stage: copy layers along the growth map
             old = schedule.unique_layers(step - 1)
             gmap = growth_map(old, unique, cfg.grow_method)
-            grow_layers(slots, gmap, optimizer.optimizer, cfg.copy_optimizer_state_on_growth)
+            grow_layers(slots, gmap, optimizer.optimizer, cfg.copy_optimizer_state_on_growth,
+                        noise=cfg.growth_noise, noise_seed=growth_noise_seed(cfg.seed, step))
             accelerator.print(f"step {step}: grew {old} -> {unique} unique layers, map {gmap}")
             if metrics:
                 metrics.write({"step": step + 1, "event": "growth", "from": old, "to": unique, "map": gmap})
@@ -436,7 +455,12 @@ def main(argv=None) -> None:
             bad = f"gradient norm {grad_norm}"
         if bad:
             raise diverged(bad, step + 1)
-        lr = lr_scheduler.get_last_lr()[0]
+        # The scheduler sets each group's LR from the step alone; the growth ramp scales it for this
+        # step only (the scheduler's next step recomputes it from its base LR).
+        ramp = schedule.growth_lr_factor(step, cfg.growth_warmup_steps)
+        for group, scheduled in zip(optimizer.param_groups, lr_scheduler.get_last_lr()):
+            group["lr"] = scheduled * ramp
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step applies, logged as such
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)

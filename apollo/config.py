@@ -68,7 +68,11 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables), as the HF Trainer the official code used.")
     lr_scheduler_type: str = _f("cosine", "transformers.get_scheduler type.",
                                 choices=("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                                         "constant_with_warmup"))
+                                         "constant_with_warmup", "warmup_stable_decay"))
+    lr_decay_ratio: float = _f(0.2, "With --lr_scheduler_type warmup_stable_decay: share of the run spent in the "
+                               "final decay (after warmup, the LR stays at its peak until then).")
+    lr_decay_type: str = _f("cosine", "With --lr_scheduler_type warmup_stable_decay: shape of the final decay.",
+                            choices=("linear", "cosine", "1-sqrt"))
     warmup_ratio: float = _f(0.0, "Share of the optimizer steps used for linear warmup.")
     warmup_steps: int | None = _f(None, "Warmup steps (overrides --warmup_ratio).")
     seed: int = _f(42, "Seed of model init, data order, MLM masking, dropout and depth draws.")
@@ -100,12 +104,23 @@ class TrainConfig:
     apollo_layers: str | None = _f(None, "Unique layers per stage, e.g. 1,3,6,12 (last = model depth). "
                                    "Without it: plain training from scratch.")
     apollo_epoch_list: str | None = _f(None, "Epoch at which each stage ends, e.g. 1,2,5,10 (official form).")
-    apollo_step_list: str | None = _f(None, "Optimizer step at which each stage ends, e.g. 100,200,500,1000.")
+    apollo_step_list: str | None = _f(None, "Optimizer step at which each stage ends, e.g. 100,200,500,1000, or "
+                                      "shares of the run's steps, e.g. 0.05,0.1,0.25,1.0 (any entry with a '.' "
+                                      "makes them all shares; each rounds to the nearest step), so that one "
+                                      "schedule carries across training lengths.")
     dist_function: str = _f("lvps", "How the depth of each pass is drawn.", choices=DIST_FUNCTIONS)
     grow_method: str = _f("extend", "Depth plan and growth map: interpolation (extend) or stacking.",
                           choices=GROW_METHODS)
     copy_optimizer_state_on_growth: bool = _f(False, "Copy Adam moments and step count along with the weights at "
                                               "growth (default: official positional behaviour).")
+    growth_warmup_steps: int = _f(0, "After each growth, multiply the scheduled LR by a linear ramp from 0 to 1 "
+                                  "over N optimizer steps (the first step of the new stage uses 1/N of it). "
+                                  "0: off (official: one schedule, nothing at growth).")
+    growth_noise: float = _f(0.0, "After each growth, add Gaussian noise of std S x (that tensor's own std) to "
+                             "every parameter of every copy but the first copy of each source layer, to break "
+                             "the symmetry of copied layers (as LiGO's noisy stacking). This breaks function "
+                             "preservation: the grown model no longer computes what the old one did. 0: off "
+                             "(official).")
     apollo_info_output_file: str | None = _f(None, "Write the per-micro-batch schedule to PREFIX.rank_N "
                                              "(official fields). Relative paths go under --output_dir.")
 
@@ -121,9 +136,17 @@ class TrainConfig:
     def layer_list(self) -> tuple[int, ...]:
         return _int_list(self.apollo_layers, "apollo_layers")
 
-    def stage_ends(self) -> tuple[int, ...]:
+    def stage_ends(self) -> tuple[int, ...] | tuple[float, ...]:
+        """Stage ends as given: epochs or steps (ints), or shares of the run (floats, see step_fractions)."""
+        if self.step_fractions:
+            return _fraction_list(self.apollo_step_list, "apollo_step_list")
         return _int_list(self.apollo_epoch_list or self.apollo_step_list,
                          "apollo_epoch_list" if self.apollo_epoch_list else "apollo_step_list")
+
+    @property
+    def step_fractions(self) -> bool:
+        """True if --apollo_step_list gives shares of the run (an entry with a '.') rather than steps."""
+        return bool(self.apollo_step_list and "." in self.apollo_step_list)
 
     def validate(self) -> "TrainConfig":
         """Checks that need no model and no data."""
@@ -146,6 +169,18 @@ class TrainConfig:
             raise ConfigError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.validation_split_percentage < 100:
             raise ConfigError("validation_split_percentage", "must be in [0, 100)")
+        if not 0 < self.lr_decay_ratio <= 1:
+            raise ConfigError("lr_decay_ratio", f"must be in (0, 1], got {self.lr_decay_ratio}")
+        if self.lr_scheduler_type == "warmup_stable_decay" and self.warmup_ratio + self.lr_decay_ratio > 1:
+            raise ConfigError("lr_decay_ratio", f"warmup ({self.warmup_ratio}) and decay ({self.lr_decay_ratio}) "
+                                                f"shares add up to more than the run")
+        if self.growth_warmup_steps < 0:
+            raise ConfigError("growth_warmup_steps", f"must be >= 0, got {self.growth_warmup_steps}")
+        if not 0 <= self.growth_noise < 10 or self.growth_noise != self.growth_noise:
+            raise ConfigError("growth_noise", f"must be in [0, 10), got {self.growth_noise}")
+        if not self.apollo and (self.growth_warmup_steps or self.growth_noise):
+            raise ConfigError("growth_warmup_steps" if self.growth_warmup_steps else "growth_noise",
+                              "needs --apollo_layers (there is no growth in a run from scratch)")
         if self.learning_rate <= 0:
             raise ConfigError("learning_rate", f"must be > 0, got {self.learning_rate}")
         if self.train_file and self.dataset_dir:
@@ -171,6 +206,11 @@ class TrainConfig:
         ends = self.stage_ends()
         if len(ends) != len(layers):
             raise ConfigError(flag, f"has {len(ends)} entries but --apollo_layers has {len(layers)}")
+        if self.step_fractions:
+            if any(not 0 < e <= 1 for e in ends) or any(b <= a for a, b in zip(ends, ends[1:])):
+                raise ConfigError(flag, f"shares of the run must be in (0, 1] and strictly increasing, "
+                                        f"got {self.apollo_step_list}")
+            return
         if any(e < 1 for e in ends) or any(b <= a for a, b in zip(ends, ends[1:])):
             raise ConfigError(flag, f"must be positive and strictly increasing, got {','.join(map(str, ends))}")
         if self.apollo_epoch_list and ends[-1] > self.num_train_epochs:
@@ -184,6 +224,13 @@ def _int_list(text: str | None, flag: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except (AttributeError, ValueError):
         raise ConfigError(flag, f"must be comma-separated integers, got {text!r}") from None
+
+
+def _fraction_list(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(flag, f"must be comma-separated numbers, got {text!r}") from None
 
 
 class _OneLineParser(argparse.ArgumentParser):

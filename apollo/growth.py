@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 
 
 @torch.no_grad()
 def grow_layers(slots: nn.ModuleList, gmap: list[int], optimizer: torch.optim.Optimizer | None = None,
-                copy_optimizer_state: bool = False) -> None:
+                copy_optimizer_state: bool = False, noise: float = 0.0, noise_seed: int = 0) -> None:
     """Slot j (j < len(gmap)) becomes a copy of slot gmap[j].
 
     Sources are snapshotted first, so no source is overwritten before it is read.
@@ -34,3 +35,30 @@ def grow_layers(slots: nn.ModuleList, gmap: list[int], optimizer: torch.optim.Op
                     optimizer.state.pop(p, None)
                 else:
                     optimizer.state[p] = copy.deepcopy(state)
+    if noise:
+        add_growth_noise(slots, gmap, noise, noise_seed)
+
+
+def growth_noise_seed(seed: int, step: int) -> int:
+    """The noise of the growth before optimizer step `step`: a function of (seed, step), the same on every rank."""
+    return int(np.random.SeedSequence([seed, step, 0x6E01]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@torch.no_grad()
+def add_growth_noise(slots: nn.ModuleList, gmap: list[int], scale: float, seed: int) -> None:
+    """Every copy but the first of each source gets N(0, (scale * std of the tensor)^2) on each parameter.
+
+    The first copy of a source stays exact, so each old layer survives once. Noise is drawn on the CPU
+    in a fixed order from one generator, so it does not depend on the device or the process.
+    """
+    g = torch.Generator().manual_seed(seed)
+    seen = set()
+    for j, src in enumerate(gmap):
+        if src not in seen:
+            seen.add(src)
+            continue
+        for p in slots[j].parameters():
+            if p.numel() < 2 or not p.is_floating_point():
+                continue
+            std = p.detach().float().std().item()
+            p.add_((torch.randn(p.shape, generator=g) * (scale * std)).to(p.device, p.dtype))

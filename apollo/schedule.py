@@ -20,6 +20,11 @@ class StageSchedule:
         return cls(tuple(layers), tuple(int(e * steps_per_epoch) for e in end_epochs))
 
     @classmethod
+    def from_fractions(cls, layers, end_fractions, total_steps: int) -> "StageSchedule":
+        """Stage ends given as shares of the run, each rounded to the nearest optimizer step."""
+        return cls(tuple(layers), tuple(round(f * total_steps) for f in end_fractions))
+
+    @classmethod
     def single_stage(cls, full_depth: int, total_steps: int) -> "StageSchedule":
         """Training from scratch: one stage in which all layers are unique."""
         return cls((full_depth,), (total_steps,))
@@ -34,3 +39,11 @@ class StageSchedule:
     def grows_at(self, step: int) -> bool:
         """True if `step` is the first step of a new stage: growth happens just before it."""
         return step > 0 and self.stage_index(step) != self.stage_index(step - 1)
+
+    def growth_lr_factor(self, step: int, warmup_steps: int) -> float:
+        """LR multiplier of --growth_warmup_steps N: a linear ramp over the first N steps of every grown
+        stage, (k + 1) / N at the k-th step (0-based) after the growth; 1 in the first stage and with N = 0."""
+        stage = self.stage_index(step)
+        if warmup_steps <= 0 or stage == 0:
+            return 1.0
+        return min(1.0, (step - self.end_steps[stage - 1] + 1) / warmup_steps)
