@@ -497,12 +497,10 @@ def main(argv=None) -> None:
         clock = time.perf_counter()  # evaluation and saving are not training time
     progress.close()
 
-    # The final model: a plain Hugging Face model at full depth (growth to L if the run ended early).
-    # Every rank grows and joins get_state_dict: under FSDP each holds a shard and gathering is collective.
+    # The final model: a plain Hugging Face model at full depth. The last stage always has L unique layers
+    # and always runs (model_config and build_schedule refuse anything else), so no growth is left to do.
+    # Every rank joins get_state_dict: under FSDP each holds a shard and gathering is collective.
     accelerator.wait_for_everyone()
-    unique = schedule.unique_layers(total_steps - 1)
-    if unique < full_depth:
-        grow_layers(slots, growth_map(unique, full_depth, cfg.grow_method))
     final_state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         raw_model.save_pretrained(out, state_dict=final_state)

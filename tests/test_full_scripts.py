@@ -110,8 +110,8 @@ def test_collator_masks_equal_hugging_face_masking(tmp_path):
     from apollo.data import BlockCollator
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})  # vocab_file= builds 5 tokens
+    assert len(tokenizer) == 100
     g = torch.Generator().manual_seed(0)
     rows = [{"key": (i % 3, i), "input_ids": torch.randint(5, 100, (64,), generator=g),
              "special_tokens_mask": (torch.rand(64, generator=g) < 0.1).long()} for i in range(16)]
