@@ -57,6 +57,9 @@ PRESETS = {
                 gate_lrs="1e-3,2e-3,4e-3", jobs=2, threads=1, precision="no"),
     # One GPU: GPT2-Base width (768, 12 heads), sequence 512, bf16, a 32k BPE; data from
     # download_train_datasets.py (--dataset_dir), since 2M embedded tokens are far too few.
+    # For the tests: seconds per run.
+    "tiny": dict(width=32, heads=2, vocab=512, seq=32, batch=4, dropout=0.0, eval_samples=8,
+                 gate_lrs="1e-3", jobs=1, threads=1, precision="no"),
     "gpu": dict(width=768, heads=12, vocab=32768, seq=512, batch=32, dropout=0.0, eval_samples=400,
                 gate_lrs="3e-4,6e-4,1.2e-3", jobs=1, threads=8, precision="bf16"),
 }
@@ -75,11 +78,13 @@ def parse_args(argv=None):
     a("--gate_steps", type=int, help="Steps of the gate runs (default: one epoch; never more: no block twice).")
     a("--lengths", default="0.125,0.25,0.5,1.0", help="Training lengths as shares of one epoch (>= 8x apart).")
     a("--sweep_lrs", help="Peak LRs of the sweep (default: --gate_lrs).")
+    a("--lr", type=float, help="Skip the sweep: every method of the lengths phase uses this peak LR.")
     a("--methods", default=",".join(METHODS), help="Methods of the sweep and lengths phases.")
     a("--knobs", default="--growth_warmup_steps 0.02 --growth_noise 0.01",
       help="run_pretrain.py flags of apollo_knobs (growth warmup as a share of the run, noise, ...).")
     a("--seeds", default="1,2", help="Seeds per cell of the lengths phase (the shortest length adds one more).")
     a("--warmup_ratio", type=float, default=0.025, help="Linear warmup share (the official 0.025).")
+    a("--extra", default="", help="Extra run_pretrain.py flags for every run, e.g. '--train_file A --validation_file B'.")
     a("--force", action="store_true", help="Run sweep/lengths even though the gate did not pass.")
     a("--jobs", type=int, help="Runs in parallel (default: the preset's).")
     a("--threads", type=int, help="OMP threads per run (default: the preset's).")
@@ -114,7 +119,7 @@ def base_command(args, depth: int, steps: int, lr: float, seed: int) -> list[str
            "--logging_steps", max(1, steps // 10), "--seed", seed, "--mixed_precision", pr["precision"]]
     if args.dataset_dir:
         cmd += ["--dataset_dir", args.dataset_dir]
-    return [str(x) for x in cmd]
+    return [str(x) for x in cmd + args.extra.split()]
 
 
 def method_flags(method: str, steps: int, args) -> list[str]:
@@ -352,7 +357,7 @@ def main(argv=None) -> None:
     start = time.time()
 
     epoch = one_epoch_steps(args)
-    if args.phase == "gate" and not epoch and not args.gate_steps:
+    if args.phase != "report" and not epoch:
         # One short run of the shallowest model prepares the data and tells the epoch length.
         probe = base_command(args, 2, 1, 1e-3, 1)
         run_jobs(args, [("gpt2", run_dir("gpt2", "probe", 1, probe, args), probe, {"phase": "probe"})])
@@ -380,6 +385,8 @@ def main(argv=None) -> None:
         if loss is not None and (meta["method"] not in best_lr or loss < best_lr[meta["method"]][1]):
             best_lr[meta["method"]] = (meta["lr"], loss)
     summary["sweep_best_lr"] = {m: {"lr": v[0], "final_eval_loss": v[1]} for m, v in best_lr.items()}
+    if args.lr:
+        best_lr = {m: (args.lr, None) for m in args.methods.split(",")}
     len_jobs = study_jobs(args, "lengths", epoch, {m: v[0] for m, v in best_lr.items()}) if best_lr else []
     if args.phase == "lengths":
         run_jobs(args, len_jobs)

@@ -1,0 +1,54 @@
+"""benchmarks/growth_study.py end to end on a tiny preset: the gate's runs, its verdict and its numbers.
+
+The verdict is recomputed here from the runs' own metrics.jsonl (final eval losses) and a unigram
+count of the training text, independently of the script's report code.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from conftest import REPO, read_jsonl, subprocess_env
+
+
+def study(tmp: Path, tiny_corpus, *args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "growth_study.py"), *args, "--preset", "tiny",
+           "--runs_dir", str(tmp / "runs"), "--results_dir", str(tmp / "results"), "--extra", " ".join(tiny_corpus)]
+    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_gate_runs_reports_and_blocks_the_study(tmp_path, tiny_corpus):
+    result = study(tmp_path, tiny_corpus, "gate", "--gate_depths", "1,2", "--gate_steps", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "results" / "tiny" / "summary.json").read_text())
+    gate = summary["gate"]
+    finals = {}
+    for row in gate["rows"]:
+        evals = [r for r in read_jsonl(tmp_path / "runs" / row["run"] / "metrics.jsonl") if "eval_loss" in r]
+        assert evals[-1]["step"] == 3  # 3 steps: within one epoch, so no block is seen twice
+        finals[row["depth"]] = evals[-1]["eval_loss"]
+        assert row["final_eval_loss"] == finals[row["depth"]]
+    assert gate["b_margins"] == {"1": finals[1] - finals[2]}
+    # The unigram entropy of the training text under the run's tokenizer, counted here.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "runs" / gate["best"]["2"]["run"]))
+    train_file = tiny_corpus[tiny_corpus.index("--train_file") + 1]
+    counts = Counter(i for line in Path(train_file).read_text().splitlines() if line.strip()
+                     for i in tokenizer(line, add_special_tokens=False)["input_ids"])
+    n = sum(counts.values())
+    entropy = -sum(c / n * math.log(c / n) for c in counts.values())
+    assert abs(gate["unigram_entropy"] - entropy) < 1e-9
+    assert gate["a_off_plateau"] == (finals[2] <= entropy - 1.5) and gate["complete"]
+    assert not gate["passed"]  # 3 steps are nowhere near 1.5 nats below the unigram entropy
+    table = (tmp_path / "results" / "tiny" / "table.md").read_text()
+    assert f"{finals[2]:.3f}" in table and "not passed" in table
+
+    again = study(tmp_path, tiny_corpus, "gate", "--gate_depths", "1,2", "--gate_steps", "3")
+    assert again.returncode == 0 and "[compare] start" not in again.stdout  # finished runs are not repeated
+    refused = study(tmp_path, tiny_corpus, "sweep", "--gate_depths", "1,2", "--gate_steps", "3")
+    assert refused.returncode != 0 and "the gate has not passed" in refused.stderr
