@@ -1,7 +1,7 @@
 """Tokenizers: a Hub/local one by name, or one trained on the training text and cached by content.
 
-Offline by default: without --tokenizer_name we train an 8k byte-level BPE (GPT-2) or WordPiece
-(BERT) tokenizer with `tokenizers` in a few seconds and reuse it on later runs.
+Offline by default: without --tokenizer_name we train an 8k byte-level BPE (GPT-2 and the other
+decoder families, with the special tokens each family's config expects) or WordPiece (BERT) tokenizer with `tokenizers` in a few seconds and reuse it on later runs.
 """
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def _train(model_type: str, texts, vocab_size: int) -> PreTrainedTokenizerFast:
                                 show_progress=False)
         return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                        unk_token="<|endoftext|>", model_max_length=1_000_000)
+    if model_type != "bert":  # another decoder family: the special tokens its config expects
+        from .families import special_tokens
+
+        named = special_tokens(model_type)
+        specials = list(dict.fromkeys(t for t in named.values() if t is not None))
+        tok = ByteLevelBPETokenizer()
+        tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
+                                show_progress=False)
+        return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=1_000_000,
+                                       **{k: v for k, v in named.items() if v is not None})
     tok = BertWordPieceTokenizer(lowercase=True)
     tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, show_progress=False,
                             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
