@@ -53,6 +53,13 @@ def local_tokenizer(model_type: str, train_split, data_key: str, vocab_size: int
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         texts = (train_split[i:i + 1000]["text"] for i in range(0, len(train_split), 1000))
         _train(model_type, texts, vocab_size).save_pretrained(tmp)
+        if model_type not in ("gpt2", "bert"):
+            # AutoTokenizer picks the tokenizer class from a config beside the files (Qwen2Tokenizer for
+            # qwen2, with its own default pad token), as it will in the final output folder; with the
+            # family's config here too, the run trains with exactly the tokenizer it saves.
+            from transformers import CONFIG_MAPPING
+
+            CONFIG_MAPPING[model_type]().save_pretrained(tmp)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(tmp, path)  # atomic: a concurrent process either wins or finds it complete
