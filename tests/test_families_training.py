@@ -7,6 +7,8 @@ config otherwise (no dropout, cache on), so the shared-cache trap is live throug
 """
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -15,7 +17,7 @@ from apollo.families import MLP_MATRICES
 from apollo.growth import grow_layers
 from apollo.plan import depth_plan, growth_map
 from apollo.shared_layers import layer_slots, run_along
-from conftest import TORCHRUN_2, final_weights, read_jsonl, run_inprocess, run_subprocess
+from conftest import REPO, TORCHRUN_2, final_weights, read_jsonl, run_inprocess, run_subprocess, subprocess_env
 from test_families import make, tiny
 from test_resume import assert_same_run, killed_after
 
@@ -77,18 +79,42 @@ def test_final_model_is_a_plain_model_of_its_family(tiny_corpus, tmp_path, kind)
         assert torch.isfinite(model(input_ids=x).logits).all()
 
 
-def test_llama_one_stage_apollo_equals_scratch(tiny_corpus, tmp_path):
-    """--apollo_layers 4 (U = L from the start) trains bit-identically to scratch with the same seed."""
-    common = ["--max_train_samples", 16, "--per_device_train_batch_size", 4, "--max_train_steps", 6,
-              "--eval_steps", 3, "--learning_rate", 1e-3]
-    train(base_args(tiny_corpus, "llama", tmp_path / "scratch", *common))
-    train(base_args(tiny_corpus, "llama", tmp_path / "one", *common, "--apollo_layers", 4, "--apollo_step_list", 6))
-    metrics = lambda name: [{k: v for k, v in r.items() if k != "elapsed_s"}
-                            for r in read_jsonl(tmp_path / name / "metrics.jsonl")]
-    assert metrics("one") == metrics("scratch")
-    scratch, one = final_weights(tmp_path / "scratch"), final_weights(tmp_path / "one")
-    assert scratch.keys() == one.keys() and all(torch.equal(one[n], scratch[n]) for n in scratch)
-    assert metrics("one")[-1]["eval_loss"] < metrics("one")[0]["eval_loss"]  # it trained
+# The example scripts on a tiny 12-layer Llama: 16 blocks / batch 4 = 4 steps per epoch, 10 epochs = 40 steps,
+# so the Apollo stages (1,3,6,12 at epochs 1,2,5,10) end at steps 4, 8, 20, 40.
+EXAMPLE = ["--config_overrides", "num_hidden_layers=12,hidden_size=32,num_attention_heads=4,num_key_value_heads=2,"
+           "intermediate_size=64", "--tokenizer_vocab_size", "2048", "--max_train_samples", "16",
+           "--per_device_train_batch_size", "4", "--max_seq_length", "32", "--max_eval_samples", "8",
+           "--eval_steps", "20", "--save_steps", "20", "--logging_steps", "20", "--learning_rate", "1e-3"]
+
+
+def run_example(script, out, corpus, *extra):
+    env = {**subprocess_env(), "APOLLO_LOG_DIR": str(out.parent / "logs")}
+    result = subprocess.run(["bash", f"example-scripts/{script}", "--output_dir", str(out), *corpus, *EXAMPLE,
+                             *map(str, extra)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_jsonl(out / "metrics.jsonl")]
+
+
+def test_llama_example_scripts_and_one_stage_equals_scratch(tiny_corpus, tmp_path):
+    """The two Llama example scripts run; --apollo_layers 12 (U = L from the start) trains
+    bit-identically to scratch with the same seed."""
+    scratch = run_example("run_pretrain_llama_example.sh", tmp_path / "scratch", tiny_corpus)
+    one = run_example("run_pretrain_llama_example.sh", tmp_path / "one", tiny_corpus,
+                      "--apollo_layers", 12, "--apollo_epoch_list", 10)
+    assert one == scratch
+    weights = final_weights(tmp_path / "scratch"), final_weights(tmp_path / "one")
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[1][n], weights[0][n]) for n in weights[0])
+    evals = [r["eval_loss"] for r in scratch if "eval_loss" in r]
+    assert len(evals) == 3 and evals[-1] < evals[0]  # it learned something
+
+    apollo = run_example("run_pretrain_llama_apollo_example.sh", tmp_path / "apollo", tiny_corpus)
+    assert [(r["step"], r["from"], r["to"]) for r in apollo if r.get("event") == "growth"] == \
+        [(5, 1, 3), (9, 3, 6), (21, 6, 12)]
+    train_steps = [r for r in apollo if "loss" in r]
+    assert len(train_steps) == 40 and min(r["depth"] for r in train_steps[:20]) < 12
+    assert sum(r["step_flops"] for r in train_steps) < sum(r["step_flops"] for r in scratch if "loss" in r)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "apollo")
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 12
 
 
 @pytest.mark.parametrize("kind, overrides, reason", [
@@ -151,3 +177,25 @@ def test_llama_resume_across_a_growth_boundary_is_exact(llama_reference, llama_a
     result = train(llama_args(out, 4, "--save_steps", 1, "--resume_from_checkpoint", out / "checkpoint-2"))
     assert f"Resumed from {out / 'checkpoint-2'} at step 2" in result.stdout
     assert_same_run(out, llama_reference)
+
+
+@pytest.mark.parametrize("mode", ["apollo", "scratch"])
+def test_llama_full_scripts_command_is_accepted(mode, tmp_path):
+    """The full-scale Llama scripts' command (DRY_RUN) passes every check run_pretrain makes before data:
+    the family, the model shape, the stages against its depth. (The smoke mode's 2-process run of the
+    same command was checked by hand: see the README; BERT's runs in tests/test_full_scripts.py.)"""
+    import shlex
+
+    from apollo.config import parse_config
+    from run_pretrain import model_config
+
+    env = {**subprocess_env(), "GPUS_PER_NODE": "8", "DATASET_DIR": "/data/wiki", "DRY_RUN": "1"}
+    proc = subprocess.run([str(REPO / "full-scripts" / f"llama_base_{mode}.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    command = shlex.split(proc.stdout.splitlines()[-1])
+    args = command[command.index(str(REPO / "run_pretrain.py")) + 1:]
+    cfg = parse_config(args)
+    config = model_config(cfg)
+    assert cfg.model_type == "llama" and cfg.tokenizer_name == "gpt2" and cfg.apollo == (mode == "apollo")
+    assert (config.num_hidden_layers, config.hidden_size, config.num_key_value_heads, config.head_dim) == (12, 768, 4, 64)
