@@ -1,7 +1,8 @@
 """Tokenizers: a Hub/local one by name, or one trained on the training text and cached by content.
 
 Offline by default: without --tokenizer_name we train an 8k byte-level BPE (GPT-2 and the other
-decoder families, with the special tokens each family's config expects) or WordPiece (BERT) tokenizer with `tokenizers` in a few seconds and reuse it on later runs.
+decoder families, with the special tokens each family's config expects) or WordPiece (BERT)
+tokenizer with `tokenizers` in a few seconds and reuse it on later runs.
 """
 from __future__ import annotations
 
