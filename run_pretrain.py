@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Pretrain BERT (masked LM) or GPT-2 (causal LM), from scratch or with Apollo, in one Accelerate loop.
+"""Pretrain BERT (masked LM), GPT-2 or another decoder family (causal LM; see apollo/families.py), from
+scratch or with Apollo, in one Accelerate loop.
 
     python run_pretrain.py --model_type gpt2 --output_dir runs/gpt2 \
         --apollo_layers 1,3,6,12 --apollo_epoch_list 1,2,5,10 --num_train_epochs 10
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, get_scheduler
 
 from apollo.checkpoint import read_trainer_state, resolve_resume, save_checkpoint
+from apollo import families
 from apollo.config import ConfigError, TrainConfig, parse_config
 from apollo.data import (EVAL_MASK_SEED, BlockCollator, KeyedBlocks, StepBatchSampler, check_data_args, eval_batches,
                          prepare_first,
@@ -70,16 +72,29 @@ def model_config(cfg: TrainConfig):
             raise ConfigError("model_type", f"{cfg.model_type} but --config_name is a {config.model_type} config")
         cfg.model_type = config.model_type
     elif cfg.model_type:
+        if cfg.model_type not in CONFIG_MAPPING:
+            raise ConfigError("model_type", f"unknown model type {cfg.model_type!r} (e.g. bert, gpt2, "
+                                            f"{', '.join(families.DECODERS)})")
         config = CONFIG_MAPPING[cfg.model_type]()
     else:
-        raise ConfigError("model_type", "give --model_type (bert or gpt2) or --config_name")
-    if cfg.model_type not in ("bert", "gpt2"):
-        raise ConfigError("config_name", f"model type {cfg.model_type!r} is not supported (bert, gpt2)")
+        raise ConfigError("model_type", f"give --model_type (bert, gpt2, {', '.join(families.DECODERS)}) "
+                                        f"or --config_name")
     if cfg.config_overrides:
         try:
-            config.update_from_string(cfg.config_overrides)
-        except ValueError as err:
+            if cfg.model_type in families.OWN_PATH:
+                config.update_from_string(cfg.config_overrides)
+            else:  # rebuilt, so that derived fields follow (Llama's head_dim, Qwen2's layer_types)
+                overrides = families.parse_overrides(cfg.config_overrides, config)
+                if cfg.config_name:
+                    for key, value in overrides.items():
+                        setattr(config, key, value)
+                else:
+                    config = families.build_config(cfg.model_type, overrides)
+        except (ValueError, TypeError) as err:
             raise ConfigError("config_overrides", str(err)) from None
+    why = families.check_family(config)  # after the overrides: they may make blocks differ by position
+    if why:
+        raise ConfigError("config_name" if cfg.config_name else "model_type", why)
     positions = config.n_positions if cfg.model_type == "gpt2" else config.max_position_embeddings
     if cfg.max_seq_length > positions:
         raise ConfigError("max_seq_length", f"{cfg.max_seq_length} exceeds the model's {positions} positions")
@@ -111,7 +126,11 @@ def fit_vocabulary(cfg: TrainConfig, config, tokenizer) -> None:
         config.vocab_size = n
     if cfg.model_type == "gpt2":
         config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
-    else:
+    elif cfg.model_type == "bert":
+        config.pad_token_id = tokenizer.pad_token_id
+    else:  # a decoder family: the config's special ids are the tokenizer's, whichever made them
+        config.bos_token_id = tokenizer.bos_token_id
+        config.eos_token_id = tokenizer.eos_token_id
         config.pad_token_id = tokenizer.pad_token_id
 
 
@@ -128,9 +147,12 @@ def named_tokenizer(cfg: TrainConfig):
     if not cfg.tokenizer_name:
         return None
     try:
-        return load_tokenizer(cfg.tokenizer_name)
+        tokenizer = load_tokenizer(cfg.tokenizer_name)
     except (OSError, ValueError) as err:
         raise ConfigError("tokenizer_name", f"cannot load {cfg.tokenizer_name!r}: {str(err).splitlines()[0]}") from None
+    if cfg.model_type != "bert" and tokenizer.eos_token_id is None:
+        raise ConfigError("tokenizer_name", "the tokenizer has no end-of-text token to separate documents")
+    return tokenizer
 
 
 def check_output_dir(cfg: TrainConfig, config) -> Path | None:
@@ -341,7 +363,7 @@ def main(argv=None) -> None:
 
     # Model, optimizer, LR schedule.
     set_seed(cfg.seed)
-    auto = AutoModelForCausalLM if cfg.model_type == "gpt2" else AutoModelForMaskedLM
+    auto = AutoModelForMaskedLM if cfg.model_type == "bert" else AutoModelForCausalLM
     model = auto.from_config(config, attn_implementation="sdpa")
     if cfg.torch_compile:
         compile_blocks(model)

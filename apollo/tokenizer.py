@@ -1,7 +1,8 @@
 """Tokenizers: a Hub/local one by name, or one trained on the training text and cached by content.
 
-Offline by default: without --tokenizer_name we train an 8k byte-level BPE (GPT-2) or WordPiece
-(BERT) tokenizer with `tokenizers` in a few seconds and reuse it on later runs.
+Offline by default: without --tokenizer_name we train an 8k byte-level BPE (GPT-2 and the other
+decoder families, with the special tokens each family's config expects) or WordPiece (BERT)
+tokenizer with `tokenizers` in a few seconds and reuse it on later runs.
 """
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ def _train(model_type: str, texts, vocab_size: int) -> PreTrainedTokenizerFast:
                                 show_progress=False)
         return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                        unk_token="<|endoftext|>", model_max_length=1_000_000)
+    if model_type != "bert":  # another decoder family: the special tokens its config expects
+        from .families import special_tokens
+
+        named = special_tokens(model_type)
+        specials = list(dict.fromkeys(t for t in named.values() if t is not None))
+        tok = ByteLevelBPETokenizer()
+        tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
+                                show_progress=False)
+        return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=1_000_000,
+                                       **{k: v for k, v in named.items() if v is not None})
     tok = BertWordPieceTokenizer(lowercase=True)
     tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, show_progress=False,
                             special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
@@ -43,6 +54,13 @@ def local_tokenizer(model_type: str, train_split, data_key: str, vocab_size: int
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         texts = (train_split[i:i + 1000]["text"] for i in range(0, len(train_split), 1000))
         _train(model_type, texts, vocab_size).save_pretrained(tmp)
+        if model_type not in ("gpt2", "bert"):
+            # AutoTokenizer picks the tokenizer class from a config beside the files (Qwen2Tokenizer for
+            # qwen2, with its own default pad token), as it will in the final output folder; with the
+            # family's config here too, the run trains with exactly the tokenizer it saves.
+            from transformers import CONFIG_MAPPING
+
+            CONFIG_MAPPING[model_type]().save_pretrained(tmp)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(tmp, path)  # atomic: a concurrent process either wins or finds it complete

@@ -5,7 +5,10 @@ plan of its first U slots (`apollo.shared_layers.run_along`), and a stock model 
 One step = forward + backward + AdamW. Timings alternate between the two models so machine noise
 hits both alike; the printed ratio is median(stock) / median(Apollo): >= 1 means Apollo is not slower.
 
-    python benchmarks/shared_vs_stock.py [--model gpt2|bert] [--width 128] [--repeats 7]
+    python benchmarks/shared_vs_stock.py [--model gpt2|bert|llama|qwen2|...] [--width 128] [--repeats 7]
+
+Decoder families (apollo/families.py) are built at 4 query heads, 2 key/value heads (where the family
+has grouped-query attention) and a gated MLP of 8/3 x width rounded to a multiple of 8, as Llama sizes it.
 """
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ import statistics
 import time
 
 import torch
-from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+from apollo.families import DECODERS, build_config
 
 from apollo.plan import depth_plan
 from apollo.shared_layers import run_along
@@ -24,6 +29,15 @@ def build(kind, layers, width, vocab):
     torch.manual_seed(0)
     if kind == "gpt2":
         return GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=width, n_head=4, vocab_size=vocab, n_positions=512))
+    if kind in DECODERS:
+        shape = dict(num_hidden_layers=layers, hidden_size=width, num_attention_heads=4, num_key_value_heads=2,
+                     intermediate_size=(8 * width // 3 + 7) // 8 * 8, vocab_size=vocab, max_position_embeddings=512,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=None)
+        if kind == "gpt_neox":
+            shape.pop("num_key_value_heads")
+        if kind == "qwen3":
+            shape["head_dim"] = width // 4
+        return AutoModelForCausalLM.from_config(build_config(kind, shape), attn_implementation="sdpa")
     return BertForMaskedLM(BertConfig(num_hidden_layers=layers, hidden_size=width, num_attention_heads=4,
                                       intermediate_size=4 * width, vocab_size=vocab))
 
@@ -47,7 +61,7 @@ def timed(step):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gpt2", choices=("gpt2", "bert"))
+    p.add_argument("--model", default="gpt2", choices=("gpt2", "bert", *DECODERS))
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--batch", type=int, default=16)

@@ -132,6 +132,6 @@ def test_rejects_unknown_model_and_bad_sizes():
         forward_flops(make_config("gpt2", 1), BATCH, SEQ, -1)
 
     class Other:
-        model_type = "llama"
+        model_type = "mixtral"  # homogeneous, but MoE: no formula
     with pytest.raises(ValueError, match="gpt2"):
         forward_flops(Other(), BATCH, SEQ, 1)
