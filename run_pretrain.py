@@ -28,7 +28,9 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import datasets
 import torch
+import transformers
 from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
@@ -260,6 +262,13 @@ def evaluate(accelerator, model, slots_plan, blocks, collator, batch_size) -> fl
 
 def main(argv=None) -> None:
     cfg = parse_config(argv)
+    # A progress bar on a terminal; into a file (not a TTY) only plain lines, every --logging_steps, and no
+    # carriage-return frames from datasets' or transformers' bars either. APOLLO_PROGRESS_BAR=1 forces the
+    # bars (the example scripts set it when their console is a terminal and filter the frames from their log).
+    bar = sys.stderr.isatty() or os.environ.get("APOLLO_PROGRESS_BAR") == "1"
+    if not bar:
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     check_data_args(cfg)
     config = model_config(cfg)
     tokenizer = named_tokenizer(cfg)
@@ -415,9 +424,6 @@ def main(argv=None) -> None:
     model.train()
     if step == 0:
         log_eval(0)
-    # A bar on a terminal; in a file (not a TTY) only the plain lines every --logging_steps, not bar frames.
-    # APOLLO_PROGRESS_BAR=1 forces the bar (the example scripts' tee sets it when their console is a terminal).
-    bar = sys.stderr.isatty() or os.environ.get("APOLLO_PROGRESS_BAR") == "1"
     progress = tqdm(total=total_steps, initial=step, disable=not (accelerator.is_local_main_process and bar),
                     desc="train")
     clock = time.perf_counter()
