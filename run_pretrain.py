@@ -406,9 +406,16 @@ def main(argv=None) -> None:
         if metrics:
             metrics.write(record)
         accelerator.log({"eval_loss": loss}, step=step)
-        accelerator.print(f"step {step}: eval_loss {loss:.4f} at {state['flops']:.3e} FLOPs")
+        say(f"step {step}: eval_loss {loss:.4f} at {state['flops']:.3e} FLOPs")
         if not math.isfinite(loss):  # raised before this step's checkpoint: these weights are not worth one
             raise diverged(f"eval_loss {loss}", step)
+
+    def say(text: str) -> None:
+        """One console line; with a progress bar, above it (tqdm redraws the bar below the line)."""
+        if accelerator.is_local_main_process and bar:
+            tqdm.write(text)
+        elif accelerator.is_local_main_process:
+            print(text, flush=True)
 
     def diverged(what: str, at_step: int) -> FloatingPointError:
         last = state.get("last_checkpoint")
@@ -435,7 +442,7 @@ def main(argv=None) -> None:
             old = schedule.unique_layers(step - 1)
             gmap = growth_map(old, unique, cfg.grow_method)
             grow_layers(slots, gmap, optimizer.optimizer, cfg.copy_optimizer_state_on_growth)
-            accelerator.print(f"step {step}: grew {old} -> {unique} unique layers, map {gmap}")
+            say(f"step {step}: grew {old} -> {unique} unique layers, map {gmap}")
             if metrics:
                 metrics.write({"step": step + 1, "event": "growth", "from": old, "to": unique, "map": gmap})
 
@@ -487,10 +494,7 @@ def main(argv=None) -> None:
         if step % cfg.logging_steps == 0:
             line = (f"step {step}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} U {unique} "
                     f"D {depth_sum / accum:.1f} flops {state['flops']:.3e}")
-            if accelerator.is_local_main_process and bar:
-                tqdm.write(line)  # printed above the bar, which tqdm redraws below it
-            elif accelerator.is_local_main_process:
-                print(line, flush=True)
+            say(line)
 
         if step % eval_every == 0 or step == total_steps:
             log_eval(step)
