@@ -351,7 +351,7 @@ def main(argv=None) -> None:
     if cfg.gradient_checkpointing:
         # Non-reentrant: a shared block runs several times per pass, and reentrant checkpointing
         # marks its parameters ready once per use, which DDP refuses ("marked ready twice").
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(cfg, model)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total_steps)
     # Not passed to prepare(): Accelerate would step it once per process. We step it once per optimizer step.
