@@ -103,3 +103,26 @@ def test_every_documented_command_runs_from_the_repository_root():
     for command, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0 and "usage:" in stdout, f"python {command} --help: {stderr[-2000:]}"
+
+
+def full_script(script, env_extra, *args):
+    env = {**os.environ, **env_extra}
+    return subprocess.run([str(REPO / "full-scripts" / script), *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_full_scripts_pass_a_long_ddp_timeout_and_preprocess_in_one_process(tmp_path):
+    launch = full_script("gpt2_base_apollo.sh", {"GPUS_PER_NODE": "8", "DATASET_DIR": "/data/wiki", "DRY_RUN": "1"})
+    assert launch.returncode == 0, launch.stderr
+    assert "accelerate launch" in launch.stdout and "--ddp_timeout 36000" in launch.stdout
+    # PREPROCESS_ONLY=1: one plain process with the same flags (needs no GPU) builds the cache and exits.
+    dry = full_script("gpt2_base_apollo.sh", {"PREPROCESS_ONLY": "1", "DATASET_DIR": "/data/wiki", "DRY_RUN": "1"})
+    assert dry.returncode == 0, dry.stderr
+    assert "accelerate launch" not in dry.stdout and "run_pretrain.py" in dry.stdout
+    assert dry.stdout.rstrip().endswith("--preprocess_only")
+    out = tmp_path / "out"
+    real = full_script("bert_base_apollo.sh", {"APOLLO_SMOKE": "1", "PREPROCESS_ONLY": "1", "OUTPUT_DIR": str(out),
+                                               "APOLLO_CACHE": str(tmp_path / "cache"), "LOG_DIR": str(tmp_path)})
+    assert real.returncode == 0, real.stdout[-2000:] + real.stderr[-2000:]
+    assert "Tokenizer and token cache ready" in real.stdout
+    assert len(list((tmp_path / "cache" / "blocks").iterdir())) == 1 and not out.exists()
