@@ -313,7 +313,8 @@ def main(argv=None) -> None:
                           f"{len(eval_blocks) if eval_blocks else 0} validation blocks of {cfg.max_seq_length} tokens")
         return
     if len(train_blocks) == 0:
-        raise ConfigError("train_file", f"the training text makes no block of {cfg.max_seq_length} tokens")
+        raise ConfigError("dataset_dir" if cfg.dataset_dir else "train_file",
+                          f"the training text makes no block of {cfg.max_seq_length} tokens")
     if eval_blocks is None:
         accelerator.print("No evaluation: --validation_split_percentage 0 and no validation set")
     if cfg.max_train_samples:
@@ -396,6 +397,13 @@ def main(argv=None) -> None:
                                          generator=torch.Generator())  # keeps the global RNG untouched
     batches = iter(loader)
 
+    def say(text: str) -> None:
+        """One console line; with a progress bar, above it (tqdm redraws the bar below the line)."""
+        if accelerator.is_local_main_process and bar:
+            tqdm.write(text)
+        elif accelerator.is_local_main_process:
+            print(text, flush=True)
+
     def log_eval(step):
         if eval_blocks is None:  # --validation_split_percentage 0: said once at the start
             return
@@ -409,13 +417,6 @@ def main(argv=None) -> None:
         say(f"step {step}: eval_loss {loss:.4f} at {state['flops']:.3e} FLOPs")
         if not math.isfinite(loss):  # raised before this step's checkpoint: these weights are not worth one
             raise diverged(f"eval_loss {loss}", step)
-
-    def say(text: str) -> None:
-        """One console line; with a progress bar, above it (tqdm redraws the bar below the line)."""
-        if accelerator.is_local_main_process and bar:
-            tqdm.write(text)
-        elif accelerator.is_local_main_process:
-            print(text, flush=True)
 
     def diverged(what: str, at_step: int) -> FloatingPointError:
         last = state.get("last_checkpoint")
@@ -452,9 +453,9 @@ def main(argv=None) -> None:
             depth = sample_depth(cfg.dist_function, unique, full_depth, cfg.seed, step, micro)
             plan = depth_plan(unique, depth, cfg.grow_method)
             if info:
-                info.write(schedule_record(step * accum + micro, step, unique, depth, plan, gmap is not None and
-                                           micro == 0, stack_info(schedule.layers, schedule.stage_index(step),
-                                                                  cfg.grow_method)))
+                grows_now = gmap is not None and micro == 0
+                info.write(schedule_record(step * accum + micro, step, unique, depth, plan, grows_now,
+                                           stack_info(schedule.layers, schedule.stage_index(step), cfg.grow_method)))
             # Gradients are synchronised across ranks only on the last micro-batch of the step.
             sync = accelerator.no_sync(model) if micro < accum - 1 else contextlib.nullcontext()
             with sync, run_along(raw_model, plan):
@@ -492,9 +493,8 @@ def main(argv=None) -> None:
         progress.update(1)
         progress.set_postfix(loss=f"{loss_mean:.3f}", U=unique, D=f"{depth_sum / accum:.1f}")
         if step % cfg.logging_steps == 0:
-            line = (f"step {step}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} U {unique} "
-                    f"D {depth_sum / accum:.1f} flops {state['flops']:.3e}")
-            say(line)
+            say(f"step {step}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} U {unique} "
+                f"D {depth_sum / accum:.1f} flops {state['flops']:.3e}")
 
         if step % eval_every == 0 or step == total_steps:
             log_eval(step)
