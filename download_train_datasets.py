@@ -93,8 +93,7 @@ def build_parser():
                         "shuffle (for Hub sources an approximate one: shard order plus a "
                         "10,000-document buffer)")
     p.add_argument("--seed", type=int, default=None,
-                   help="shuffle before taking --sample, with this seed; also seeds the "
-                        "validation split (default: no shuffle for --sample, seed 0 for the split)")
+                   help="shuffle before taking --sample, with this seed (default: no shuffle)")
     p.add_argument("--num_proc", type=int, default=None,
                    help="processes for downloading/preparing the Hub datasets and for saving "
                         "(default: one)")
@@ -105,8 +104,9 @@ def build_parser():
                    help="how --local_files are cut into documents: each line (default), each "
                         "blank-line separated paragraph, or each whole file")
     p.add_argument("--validation_split_percentage", type=float, default=None, metavar="P",
-                   help="hold out P%% of the documents (shuffled with --seed, default 0) as a "
-                        "'validation' split; without it there is only 'train'")
+                   help="hold out P%% of the documents as a 'validation' split: the runs of "
+                        "consecutive documents run_pretrain.py would hold out, whatever --seed; "
+                        "without it there is only 'train'")
     p.add_argument("--overwrite", action="store_true",
                    help="rebuild even if OUTPUT_DIR already holds a complete dataset, and "
                         "replace whatever OUTPUT_DIR holds")
@@ -362,9 +362,10 @@ def main(argv=None):
 
     train = concatenate_datasets(loaded) if len(loaded) > 1 else loaded[0]
     if args.validation_split_percentage:
-        parts = train.train_test_split(test_size=args.validation_split_percentage / 100,
-                                       seed=args.seed if args.seed is not None else 0)
-        dataset_dict = DatasetDict(train=parts["train"], validation=parts["test"])
+        # The hold-out run_pretrain.py makes: runs of consecutive documents, independent of --seed,
+        # both splits in stored order (documents are concatenated into blocks in that order).
+        from apollo.data import split_holdout
+        dataset_dict = split_holdout(train, args.validation_split_percentage)
     else:
         dataset_dict = DatasetDict(train=train)
 

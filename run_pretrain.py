@@ -26,10 +26,13 @@ import shutil
 import signal
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
+import datasets
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+import transformers
+from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, get_scheduler
@@ -42,7 +45,7 @@ from apollo.data import (EVAL_MASK_SEED, BlockCollator, KeyedBlocks, StepBatchSa
                          load_text_splits, token_blocks)
 from apollo.flops import training_flops
 from apollo.growth import grow_layers, growth_noise_seed
-from apollo.logs import JsonLines, schedule_record
+from apollo.logs import JsonLines, schedule_record, stack_info
 from apollo.plan import depth_plan, growth_map
 from apollo.sampling import sample_depth
 from apollo.schedule import StageSchedule
@@ -301,19 +304,29 @@ def evaluate(accelerator, model, slots_plan, blocks, collator, batch_size) -> fl
 
 def main(argv=None) -> None:
     cfg = parse_config(argv)
+    # A progress bar on a terminal; into a file (not a TTY) only plain lines, every --logging_steps, and no
+    # carriage-return frames from datasets' or transformers' bars either. APOLLO_PROGRESS_BAR=1 forces the
+    # bars (the example scripts set it when their console is a terminal and filter the frames from their log).
+    bar = sys.stderr.isatty() or os.environ.get("APOLLO_PROGRESS_BAR") == "1"
+    if not bar:
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     check_data_args(cfg)
     config = model_config(cfg)
     tokenizer = named_tokenizer(cfg)
     check_vocabulary(cfg, config, len(tokenizer) if tokenizer else cfg.tokenizer_vocab_size)
     check_precision(cfg)
-    resume_dir = check_output_dir(cfg, config)
+    resume_dir = None if cfg.preprocess_only else check_output_dir(cfg, config)
 
     ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.apollo)  # idle slots get no gradient
+    handlers = [ddp]
+    if cfg.ddp_timeout:  # how long other ranks may wait, e.g. while the main process builds the token cache
+        handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout)))
     # Accelerate sets up gloo for CPU processes only when told cpu=True: without it, a CPU-only
     # `torchrun --nproc_per_node 2` silently runs two independent one-process trainings.
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     cpu = cfg.cpu or (launched > 1 and not torch.cuda.is_available())
-    accelerator = Accelerator(mixed_precision=cfg.precision, cpu=cpu, kwargs_handlers=[ddp],
+    accelerator = Accelerator(mixed_precision=cfg.precision, cpu=cpu, kwargs_handlers=handlers,
                               log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.output_dir)
     if launched > 1 and accelerator.num_processes != launched:
         raise ConfigError("cpu", f"launched as {launched} processes but Accelerate set up {accelerator.num_processes} "
@@ -325,7 +338,10 @@ def main(argv=None) -> None:
     check_accelerator(cfg, accelerator)
 
     # Data and tokenizer: prepared once (the main process first, then one per node), read from the cache by the rest.
-    with prepare_first(accelerator):
+    if accelerator.num_processes > 1 and accelerator.is_main_process:
+        limit = f"{cfg.ddp_timeout} s" if cfg.ddp_timeout else "torch's default timeout"
+        accelerator.print(f"Preparing data; the other processes wait for it up to {limit} (--ddp_timeout)")
+    with prepare_first(accelerator, cfg.ddp_timeout):
         raw = load_text_splits(cfg)
         if tokenizer is None:
             tokenizer = local_tokenizer(cfg.model_type, raw["train"], raw["train"]._fingerprint,
@@ -333,23 +349,31 @@ def main(argv=None) -> None:
         fit_vocabulary(cfg, config, tokenizer)
         blocks = token_blocks(raw, tokenizer, cfg.model_type, cfg.max_seq_length, cfg.preprocessing_num_workers,
                               cfg.cache_dir)
-    train_blocks, eval_blocks = blocks["train"], blocks["validation"]
+    train_blocks, eval_blocks = blocks["train"], blocks.get("validation")
+    if cfg.preprocess_only:
+        accelerator.print(f"Tokenizer and token cache ready: {len(train_blocks)} training and "
+                          f"{len(eval_blocks) if eval_blocks else 0} validation blocks of {cfg.max_seq_length} tokens")
+        return
+    if len(train_blocks) == 0:
+        raise ConfigError("dataset_dir" if cfg.dataset_dir else "train_file",
+                          f"the training text makes no block of {cfg.max_seq_length} tokens")
+    if eval_blocks is None:
+        accelerator.print("No evaluation: --validation_split_percentage 0 and no validation set")
     if cfg.max_train_samples:
         train_blocks = train_blocks.select(range(min(cfg.max_train_samples, len(train_blocks))))
-    if cfg.max_eval_samples and cfg.max_eval_samples < len(eval_blocks):
+    if eval_blocks and cfg.max_eval_samples and cfg.max_eval_samples < len(eval_blocks):
         # Evenly spaced, not the first N: the first blocks are a few documents of one kind, and
         # their loss (measured: 6.96 vs 6.67 on a spread of 48 blocks) is not the validation set's.
         stride = len(eval_blocks) / cfg.max_eval_samples
         eval_blocks = eval_blocks.select([int(i * stride) for i in range(cfg.max_eval_samples)])
-    if len(eval_blocks) == 0:
+    if eval_blocks is not None and len(eval_blocks) == 0:
         raise ConfigError("validation_file", f"the validation text makes no block of {cfg.max_seq_length} tokens")
 
-    # Step arithmetic: an epoch is the whole number of global batches in the training blocks.
+    # Step arithmetic: an epoch is the whole number of global batches in the training blocks (the rest
+    # is dropped), and at least one: fewer blocks than a global batch make one step, padded by wrapping
+    # round the epoch's permutation as DistributedSampler pads (StepBatchSampler).
     world, b, accum = accelerator.num_processes, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
-    steps_per_epoch = len(train_blocks) // (b * world * accum)
-    if steps_per_epoch < 1:
-        raise ConfigError("per_device_train_batch_size", f"{len(train_blocks)} training blocks make no full global "
-                                                         f"batch of {b}x{world} processes x{accum} accumulation")
+    steps_per_epoch = max(len(train_blocks) // (b * world * accum), 1)
     total_steps = cfg.max_train_steps or steps_per_epoch * cfg.num_train_epochs
     full_depth = config.num_hidden_layers
     schedule = build_schedule(cfg, steps_per_epoch, total_steps, full_depth)
@@ -368,7 +392,9 @@ def main(argv=None) -> None:
     if cfg.torch_compile:
         compile_blocks(model)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # Non-reentrant: a shared block runs several times per pass, and reentrant checkpointing
+        # marks its parameters ready once per use, which DDP refuses ("marked ready twice").
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(cfg, model)
     # Not passed to prepare(): Accelerate would step it once per process. We step it once per optimizer step.
     lr_scheduler = build_lr_scheduler(cfg, optimizer, total_steps)
@@ -385,7 +411,7 @@ def main(argv=None) -> None:
         accelerator.print(f"Resumed from {resume_dir} at step {state['step']}")
     resolved = {**vars(cfg), "world_size": world, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                 "stage_end_steps": list(schedule.end_steps), "stage_layers": list(schedule.layers),
-                "num_train_blocks": len(train_blocks), "num_eval_blocks": len(eval_blocks),
+                "num_train_blocks": len(train_blocks), "num_eval_blocks": len(eval_blocks) if eval_blocks else 0,
                 "model_config": config.to_dict()}
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -411,7 +437,16 @@ def main(argv=None) -> None:
                                          generator=torch.Generator())  # keeps the global RNG untouched
     batches = iter(loader)
 
+    def say(text: str) -> None:
+        """One console line; with a progress bar, above it (tqdm redraws the bar below the line)."""
+        if accelerator.is_local_main_process and bar:
+            tqdm.write(text)
+        elif accelerator.is_local_main_process:
+            print(text, flush=True)
+
     def log_eval(step):
+        if eval_blocks is None:  # --validation_split_percentage 0: said once at the start
+            return
         full_plan = depth_plan(schedule.unique_layers(max(step - 1, 0)), full_depth, cfg.grow_method)
         loss = evaluate(accelerator, model, full_plan, eval_blocks, eval_collator, cfg.per_device_eval_batch_size)
         record = {"step": step, "flops": state["flops"], "tokens": state["tokens"],
@@ -419,7 +454,7 @@ def main(argv=None) -> None:
         if metrics:
             metrics.write(record)
         accelerator.log({"eval_loss": loss}, step=step)
-        accelerator.print(f"step {step}: eval_loss {loss:.4f} at {state['flops']:.3e} FLOPs")
+        say(f"step {step}: eval_loss {loss:.4f} at {state['flops']:.3e} FLOPs")
         if not math.isfinite(loss):  # raised before this step's checkpoint: these weights are not worth one
             raise diverged(f"eval_loss {loss}", step)
 
@@ -437,7 +472,8 @@ def main(argv=None) -> None:
     model.train()
     if step == 0:
         log_eval(0)
-    progress = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
+    progress = tqdm(total=total_steps, initial=step, disable=not (accelerator.is_local_main_process and bar),
+                    desc="train")
     clock = time.perf_counter()
     tokens_per_micro = b * cfg.max_seq_length * world
     while step < total_steps:
@@ -448,7 +484,7 @@ def main(argv=None) -> None:
             gmap = growth_map(old, unique, cfg.grow_method)
             grow_layers(slots, gmap, optimizer.optimizer, cfg.copy_optimizer_state_on_growth,
                         noise=cfg.growth_noise, noise_seed=growth_noise_seed(cfg.seed, step))
-            accelerator.print(f"step {step}: grew {old} -> {unique} unique layers, map {gmap}")
+            say(f"step {step}: grew {old} -> {unique} unique layers, map {gmap}")
             if metrics:
                 metrics.write({"step": step + 1, "event": "growth", "from": old, "to": unique, "map": gmap})
 
@@ -458,8 +494,9 @@ def main(argv=None) -> None:
             depth = sample_depth(cfg.dist_function, unique, full_depth, cfg.seed, step, micro)
             plan = depth_plan(unique, depth, cfg.grow_method)
             if info:
-                info.write(schedule_record(step * accum + micro, step, unique, depth, plan,
-                                           gmap is not None and micro == 0, gmap if micro == 0 else None))
+                grows_now = gmap is not None and micro == 0
+                info.write(schedule_record(step * accum + micro, step, unique, depth, plan, grows_now,
+                                           stack_info(schedule.layers, schedule.stage_index(step), cfg.grow_method)))
             # Gradients are synchronised across ranks only on the last micro-batch of the step.
             sync = accelerator.no_sync(model) if micro < accum - 1 else contextlib.nullcontext()
             with sync, run_along(raw_model, plan):
@@ -502,8 +539,8 @@ def main(argv=None) -> None:
         progress.update(1)
         progress.set_postfix(loss=f"{loss_mean:.3f}", U=unique, D=f"{depth_sum / accum:.1f}")
         if step % cfg.logging_steps == 0:
-            progress.write(f"step {step}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} U {unique} "
-                           f"D {depth_sum / accum:.1f} flops {state['flops']:.3e}")
+            say(f"step {step}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} U {unique} "
+                f"D {depth_sum / accum:.1f} flops {state['flops']:.3e}")
 
         if step % eval_every == 0 or step == total_steps:
             log_eval(step)

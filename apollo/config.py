@@ -48,7 +48,9 @@ class TrainConfig:
     train_file: list[str] | None = _f(None, "Training text file(s), one document per line.", nargs="+")
     validation_file: list[str] | None = _f(None, "Validation text file(s), one document per line.", nargs="+")
     dataset_dir: str | None = _f(None, "A dataset saved by download_train_datasets.py (load_from_disk, 'text' column).")
-    validation_split_percentage: int = _f(5, "Percent of the training documents held out when no validation set is given.")
+    validation_split_percentage: int = _f(5, "Percent of the training documents held out when no validation set is "
+                                          "given: runs of consecutive documents spread over the corpus, the same "
+                                          "for every --seed. 0: hold out nothing and do not evaluate.")
     max_seq_length: int = _f(128, "Tokens per training block (texts are concatenated and cut into blocks).")
     mlm_probability: float = _f(0.15, "Share of tokens masked for BERT's masked-LM loss.")
     max_train_samples: int | None = _f(None, "Use at most this many training blocks (debugging).")
@@ -56,11 +58,14 @@ class TrainConfig:
                                       "over the validation set (the same blocks for every run).")
     preprocessing_num_workers: int | None = _f(None, "Processes for tokenization (datasets.map num_proc).")
     dataloader_num_workers: int = _f(0, "DataLoader worker processes.")
+    preprocess_only: bool = _f(False, "Build the tokenizer and the token cache, then exit (before any model is "
+                               "built): run once before a large launch so no rank waits for it.")
     # Training
     per_device_train_batch_size: int = _f(8, "Blocks per device per micro-batch.")
     per_device_eval_batch_size: int = _f(16, "Blocks per device per evaluation batch.")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
-    num_train_epochs: int = _f(3, "Epochs to train (an epoch is floor(blocks / global batch) optimizer steps).")
+    num_train_epochs: int = _f(3, "Epochs to train (an epoch is floor(blocks / global batch) optimizer steps, "
+                               "at least 1: a smaller epoch is one step padded by wrapping round).")
     max_train_steps: int | None = _f(None, "If set, stop after this many optimizer steps (overrides epochs).")
     learning_rate: float = _f(1e-4, "Peak learning rate of AdamW.")
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorm weights).")
@@ -81,6 +86,8 @@ class TrainConfig:
     mixed_precision: str = _f("no", "Mixed precision through Accelerate.", choices=("no", "bf16", "fp16"))
     bf16: bool = _f(False, "Same as --mixed_precision bf16 (the official scripts' flag).")
     cpu: bool = _f(False, "Train on the CPU even when a GPU is present.")
+    ddp_timeout: int | None = _f(None, "Seconds a process waits in a collective (e.g. for the main process to build "
+                                 "the token cache) before the run fails. Default: torch's (30 minutes for gloo, 10 for NCCL).")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
     no_tf32: bool = _f(False, "Keep float32 matmuls in full precision on Ampere and newer GPUs (TF32 is on by "
                        "default there; it affects only what runs outside bf16/fp16 autocast).")
@@ -152,8 +159,10 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Checks that need no model and no data."""
-        if not self.output_dir:
+        if not self.output_dir and not self.preprocess_only:
             raise ConfigError("output_dir", "is required")
+        if self.ddp_timeout is not None and self.ddp_timeout < 1:
+            raise ConfigError("ddp_timeout", f"must be >= 1 second, got {self.ddp_timeout}")
         if self.bf16 and self.mixed_precision not in ("no", "bf16"):
             raise ConfigError("bf16", f"conflicts with --mixed_precision {self.mixed_precision}")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",

@@ -1,5 +1,10 @@
 """Data: text -> token blocks (cached), a step-keyed batch order, and deterministic MLM masking.
 
+Documents keep their stored order: each group of GROUP_DOCS consecutive documents is concatenated
+and cut into blocks (the official `group_texts`), and only the order of the blocks is shuffled,
+per epoch. A held-out validation set is a fixed function of the corpus (never of --seed), so runs
+with different seeds train and evaluate on the same blocks and share one token cache.
+
 Every batch is a pure function of (seed, micro-batch index, rank): the order is a per-epoch
 permutation from a generator of its own, and each block's MLM mask is drawn from a generator
 seeded by (seed, epoch, block index). So a resumed run sees exactly the batches and masks it
@@ -11,12 +16,13 @@ import contextlib
 import hashlib
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import DatasetDict, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 from transformers import DataCollatorForLanguageModeling
 
 from .config import ConfigError
@@ -24,7 +30,10 @@ from .config import ConfigError
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "data" / "embedded"
 EMBEDDED_TRAIN = [str(EMBEDDED_DIR / "train.txt")]
 EMBEDDED_VALIDATION = [str(EMBEDDED_DIR / "validation.txt")]
-_FORMAT = "v1"  # bump when tokenization/grouping below changes
+_FORMAT = "v2"  # bump when tokenization/grouping below changes (v2: stored order, groups by document index)
+GROUP_DOCS = 1000  # documents concatenated per group: the official group_texts' map batch (see token_blocks)
+HOLDOUT_RUNS = 100  # a held-out validation set is at most this many runs of consecutive documents ...
+HOLDOUT_MIN_RUN = 100  # ... each of at least this many documents (fewer runs for a small hold-out)
 EVAL_MASK_SEED = 1234  # one fixed eval mask for every run, so runs with different seeds compare
 EVAL_EPOCH = 2**31 - 1  # the epoch key of validation blocks (never a training epoch)
 
@@ -91,12 +100,40 @@ def load_text_splits(cfg) -> DatasetDict:
     raw = raw.filter(lambda batch: [bool(t.strip()) for t in batch["text"]], batched=True)
     if len(raw["train"]) == 0:
         raise ConfigError(flag, "the training data has no non-empty document")
-    if "validation" not in raw:
-        if cfg.validation_split_percentage == 0:
-            raise ConfigError("validation_split_percentage", "no validation set given and none held out")
-        parts = raw["train"].train_test_split(test_size=cfg.validation_split_percentage / 100, seed=cfg.seed)
-        raw = DatasetDict(train=parts["train"], validation=parts["test"])
-    return raw
+    if "validation" not in raw and cfg.validation_split_percentage > 0:
+        raw = split_holdout(raw["train"], cfg.validation_split_percentage)
+    return raw  # without a 'validation' split (--validation_split_percentage 0): no evaluation
+
+
+def split_holdout(train, percent: float) -> DatasetDict:
+    """'train' and 'validation' from one dataset: `holdout_runs` held out, both in stored order."""
+    runs = holdout_runs(len(train), percent)
+    if sum(b - a for a, b in runs) >= len(train):
+        raise ConfigError("validation_split_percentage", f"holds out all {len(train)} training documents")
+    kept = zip([0] + [b for _, b in runs], [a for a, _ in runs] + [len(train)])
+    # Contiguous selects are slices of the memory-mapped table (no index list of the whole corpus).
+    return DatasetDict(train=concatenate_datasets([train.select(range(a, b)) for a, b in kept if b > a]),
+                       validation=concatenate_datasets([train.select(range(a, b)) for a, b in runs]))
+
+
+def holdout_runs(num_docs: int, percent: float) -> list[tuple[int, int]]:
+    """The documents held out for validation: [start, stop) runs of consecutive documents.
+
+    A fixed function of the corpus size and the percentage (never of --seed): up to HOLDOUT_RUNS
+    runs of at least HOLDOUT_MIN_RUN documents where the hold-out is large enough, one run centred
+    in each of as many equal segments of the corpus, so the held-out text is spread over the whole
+    corpus while sentence-per-line corpora (BookCorpus) keep whole passages on both sides of a cut.
+    The official scripts hold out the first N% as one run; this spreads it instead.
+    """
+    held = min(max(round(num_docs * percent / 100), 1), num_docs)
+    runs = max(1, min(HOLDOUT_RUNS, held // HOLDOUT_MIN_RUN))
+    out = []
+    for i in range(runs):
+        lo, hi = i * num_docs // runs, (i + 1) * num_docs // runs
+        length = (i + 1) * held // runs - i * held // runs
+        start = lo + (hi - lo - length) // 2
+        out.append((start, start + length))
+    return out
 
 
 def _tokenizer_digest(tokenizer) -> str:
@@ -115,15 +152,35 @@ def _tokenize_and_group(batch, tokenizer, model_type: str, block: int):
         else:  # GPT-2: documents separated by <|endoftext|>
             ids += [*doc, tokenizer.eos_token_id]
             special += [*([0] * len(doc)), 1]
-    n = len(ids) // block * block  # the remainder of each map batch is dropped, as in run_clm/run_mlm
+    n = len(ids) // block * block  # the remainder of each group is dropped, as in run_clm/run_mlm
     out = {"input_ids": [ids[i:i + block] for i in range(0, n, block)]}
     if model_type == "bert":
         out["special_tokens_mask"] = [special[i:i + block] for i in range(0, n, block)]
     return out
 
 
+def _group_chunks(batch, texts, tokenizer, model_type: str, block: int):
+    """Blocks of the document groups named in `batch['group']`, in order (group g = documents g*G..g*G+G-1)."""
+    out = {}
+    for g in batch["group"]:
+        part = _tokenize_and_group(texts[g * GROUP_DOCS:(g + 1) * GROUP_DOCS], tokenizer, model_type, block)
+        for column, rows in part.items():
+            out.setdefault(column, []).extend(rows)
+    if not out:
+        out = {"input_ids": []} if model_type == "gpt2" else {"input_ids": [], "special_tokens_mask": []}
+    return out
+
+
 def token_blocks(raw: DatasetDict, tokenizer, model_type: str, block: int, num_proc, cache_dir) -> DatasetDict:
-    """Tokenized blocks, cached on disk by (data, tokenizer, block length, model type) and reused."""
+    """Tokenized blocks, cached on disk by (data, tokenizer, block length, model type) and reused.
+
+    Documents are taken in their stored order, GROUP_DOCS at a time: each group is concatenated and
+    cut into blocks and its remainder dropped, which is what the official scripts' `group_texts`
+    does with the default map batch of 1,000 documents (about 1 token in 60 of a BookCorpus group of
+    1,000 sentences; nothing of a 1,000-article Wikipedia group but its last partial block). Groups
+    are fixed by document index, not by worker: the official map cuts a group short wherever a worker's
+    shard ends, so its blocks depend on --preprocessing_num_workers; ours are the same for any number.
+    """
     from .tokenizer import cache_root
 
     parts = [_FORMAT, model_type, str(block), _tokenizer_digest(tokenizer)]
@@ -131,11 +188,21 @@ def token_blocks(raw: DatasetDict, tokenizer, model_type: str, block: int, num_p
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
     path = cache_root(cache_dir) / "blocks" / f"{model_type}-{block}-{key}"
     if not (path / "dataset_dict.json").exists():
-        blocks = raw.map(_tokenize_and_group, batched=True, batch_size=1000, num_proc=num_proc,
-                         remove_columns=["text"], fn_kwargs=dict(tokenizer=tokenizer, model_type=model_type, block=block),
-                         desc="Tokenizing and grouping", load_from_cache_file=False)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        blocks.save_to_disk(str(tmp))
+        work = path.with_name(f"{path.name}.work-{os.getpid()}")  # map's output on disk, not in memory
+        work.mkdir(parents=True, exist_ok=True)
+        blocks = {}
+        for split, texts in raw.items():
+            groups = Dataset.from_dict({"group": list(range(-(-len(texts) // GROUP_DOCS)))})
+            blocks[split] = groups.map(
+                _group_chunks, batched=True, batch_size=1, num_proc=min(num_proc, len(groups)) if num_proc else None,
+                remove_columns=["group"], fn_kwargs=dict(texts=texts, tokenizer=tokenizer, model_type=model_type,
+                                                         block=block),
+                cache_file_name=str(work / f"{split}.arrow"), new_fingerprint=f"{key}-{split}",
+                desc=f"Tokenizing and grouping ({split})", load_from_cache_file=False)
+        DatasetDict(blocks).save_to_disk(str(tmp))
+        del blocks
+        shutil.rmtree(work, ignore_errors=True)
         try:
             os.rename(tmp, path)
         except OSError:  # another process finished first
@@ -144,7 +211,7 @@ def token_blocks(raw: DatasetDict, tokenizer, model_type: str, block: int, num_p
 
 
 @contextlib.contextmanager
-def prepare_first(accelerator):
+def prepare_first(accelerator, timeout_s: int | None = None):
     """Order of data preparation: the main process, then the first process of each node, then the rest.
 
     The main process reads the text, trains the tokenizer and writes the token blocks while all
@@ -152,9 +219,25 @@ def prepare_first(accelerator):
     ($APOLLO_CACHE / --cache_dir) it finds the finished cache; with a node-local one it builds that
     node's copy, once per node. Only then do the remaining processes enter, and they only read.
     Every process passes two barriers, so the nesting cannot deadlock.
+
+    A process that waits longer than the process group's timeout (--ddp_timeout) fails with one
+    line naming the flag (gloo raises; NCCL's watchdog aborts with its own message). For tests
+    only, APOLLO_TEST_PREPARE_DELAY_S makes the main process's preparation that many seconds slower.
     """
-    with accelerator.main_process_first(), accelerator.local_main_process_first():
-        yield
+    try:
+        with accelerator.main_process_first(), accelerator.local_main_process_first():
+            delay = float(os.environ.get("APOLLO_TEST_PREPARE_DELAY_S") or 0)
+            if delay and accelerator.is_main_process:
+                time.sleep(delay)
+            yield
+    except RuntimeError as err:
+        if "timed out" not in str(err).lower():
+            raise
+        waited = f"more than {timeout_s} s" if timeout_s else "past the process group's timeout"
+        raise ConfigError("ddp_timeout", f"process {accelerator.process_index} waited {waited} for the main "
+                                         f"process to prepare the data; pass a longer --ddp_timeout (the "
+                                         f"full-scale scripts use 36000), or build the cache first with "
+                                         f"--preprocess_only") from None
 
 
 def epoch_permutation(num_blocks: int, seed: int, epoch: int) -> np.ndarray:
@@ -166,7 +249,10 @@ class StepBatchSampler:
     """Yields, for micro-batches start..stop-1, this rank's list of (epoch, block index) keys.
 
     Micro-batch m of epoch e covers positions [m*B*W, (m+1)*B*W) of epoch e's permutation; rank r
-    takes the r-th slice of B. Blocks left over at an epoch's end are skipped (drop_last).
+    takes the r-th slice of B. Blocks left over at an epoch's end are skipped (drop_last). An epoch
+    with fewer blocks than one global batch (one optimizer step) is padded as DistributedSampler
+    pads: positions past the end wrap round to the start of the same permutation, so every
+    micro-batch is full and N ranks see exactly the blocks one rank would.
     """
     num_blocks: int
     batch_size: int
@@ -187,7 +273,7 @@ class StepBatchSampler:
             if epoch != perm_epoch:
                 perm_epoch, perm = epoch, epoch_permutation(self.num_blocks, self.seed, epoch)
             lo = (j * self.world_size + self.rank) * self.batch_size
-            yield [(epoch, int(i)) for i in perm[lo:lo + self.batch_size]]
+            yield [(epoch, int(i)) for i in perm[np.arange(lo, lo + self.batch_size) % self.num_blocks]]
 
 
 class KeyedBlocks(torch.utils.data.Dataset):

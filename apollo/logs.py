@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+from .plan import growth_map
+
 
 class JsonLines:
     def __init__(self, path, keep_through_step: int | None, step_key: str):
@@ -43,6 +45,26 @@ def _parse(line: str) -> dict | None:
 
 def schedule_record(micro_index: int, step: int, unique: int, depth: int, plan: list[int], grows: bool,
                     gmap: list[int] | None) -> dict:
-    """One micro-batch of the schedule file, with the official release's field names."""
+    """One micro-batch of the schedule file, with the official release's field names.
+
+    `gmap` is what the official file writes as stack_info on every line: the growth map into the
+    current stage (see `stack_info`), not only on the line where growth happens.
+    """
     return {"curr_global_step_with_accu": micro_index, "curr_global_step": step, "curr_unique_layer": unique,
             "curr_meta_layer": depth, "extend_layer_list": plan, "do_stack": grows, "stack_info": gmap or []}
+
+
+def stack_info(layers, stage: int, method: str) -> list[int]:
+    """The official schedule file's `stack_info` during stage `stage` (0-based) of `layers`.
+
+    The official trainer writes, on every micro-batch, the map from layers[stage - 1] to
+    layers[stage]: the most recent growth. Before the first growth that index is -1, so it maps the
+    *last* stage's count onto the first (Python's layers[-1]): [0] for 12 -> 1 with extend, [11]
+    with stack. We write the same values, so tools written for the official logs read ours.
+    """
+    if stage > 0:
+        return growth_map(layers[stage - 1], layers[stage], method)
+    old, new = layers[-1], layers[0]  # more layers than targets: the official formulas, written out
+    if method == "extend":  # int(k / (new / old)) in integers
+        return [k * old // new for k in range(new)]
+    return list(range(old - new, old))  # stack: the top-most `new` layers

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
 from apollo.families import DECODERS, build_config
 
-from apollo.plan import depth_plan
-from apollo.shared_layers import run_along
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/...` from the repo root
+from apollo.plan import depth_plan  # noqa: E402
+from apollo.shared_layers import run_along  # noqa: E402
 
 
 def build(kind, layers, width, vocab):

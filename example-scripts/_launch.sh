@@ -15,5 +15,10 @@ launch() {
     cmd=(accelerate launch --multi_gpu --num_processes "${gpus}" --num_machines 1 --dynamo_backend no run_pretrain.py)
   fi
   echo "[example] ${name}: ${gpus} GPU(s); log in ${logs}/${name}.log, outputs in runs/${name}"
-  "${cmd[@]}" --output_dir "runs/${name}" --overwrite_output_dir "$@" 2>&1 | tee "${logs}/${name}.log"
+  # On a terminal the console keeps its progress bar (APOLLO_PROGRESS_BAR=1: python's output is a pipe
+  # here), and the log file gets only the plain lines: awk keeps what follows a line's last \r, which
+  # cuts the bar's carriage-return frames out. Not on a terminal: no bar at all.
+  if [ -t 1 ]; then export APOLLO_PROGRESS_BAR=${APOLLO_PROGRESS_BAR:-1}; fi
+  { "${cmd[@]}" --output_dir "runs/${name}" --overwrite_output_dir "$@" 2>&1 | tee /dev/fd/3 |
+      awk '{ sub(/.*\r/, ""); print; fflush() }' >"${logs}/${name}.log"; } 3>&1
 }

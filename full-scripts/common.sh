@@ -94,7 +94,11 @@ launch() {
             echo "note: Accelerate applies FSDP only on GPUs; this CPU smoke run trains with DDP (gloo)" >&2
         fi
     else
-        resolve_topology
+        if [[ ${PREPROCESS_ONLY:-0} == 1 ]]; then
+            NNODES=1 NODE_RANK=0 GPUS_PER_NODE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-29500}
+        else
+            resolve_topology
+        fi
         [[ -n ${DATASET_DIR:-} ]] || die "set DATASET_DIR to a dataset saved by download_train_datasets.py"
         OUTPUT_DIR=${OUTPUT_DIR:-$REPO_ROOT/runs/$run_name}
         LOG_DIR=${LOG_DIR:-$REPO_ROOT/logs/$run_name}
@@ -116,9 +120,15 @@ launch() {
     if [[ ${TORCH_COMPILE:-0} == 1 ]]; then site+=(--torch_compile); fi
     if [[ ${NO_TF32:-0} == 1 ]]; then site+=(--no_tf32); fi
 
-    local cmd=(accelerate launch --config_file "$config" "${topo[@]}" "$REPO_ROOT/run_pretrain.py"
-               "${train[@]}" --mixed_precision "$precision" --output_dir "$OUTPUT_DIR"
-               --apollo_info_output_file apollo_schedule "${site[@]}" "${smoke[@]}" "${user[@]}")
+    # Other ranks wait while the main process builds the token cache (hours at full scale), so the
+    # process group's timeout is long, as in the official scripts (DDP_TIMEOUT seconds).
+    local args=("${train[@]}" --mixed_precision "$precision" --output_dir "$OUTPUT_DIR"
+                --apollo_info_output_file apollo_schedule --ddp_timeout "${DDP_TIMEOUT:-36000}"
+                "${site[@]}" "${smoke[@]}" "${user[@]}")
+    local cmd=(accelerate launch --config_file "$config" "${topo[@]}" "$REPO_ROOT/run_pretrain.py" "${args[@]}")
+    if [[ ${PREPROCESS_ONLY:-0} == 1 ]]; then  # one process builds the tokenizer and token cache, then exits
+        cmd=(python "$REPO_ROOT/run_pretrain.py" "${args[@]}" --preprocess_only)
+    fi
     if [[ ${DRY_RUN:-0} == 1 ]]; then  # show what this node would run, and stop
         echo "node $NODE_RANK of $NNODES, $GPUS_PER_NODE processes per node, main $MASTER_ADDR:$MASTER_PORT"
         printf '%q ' "${cmd[@]}"

@@ -121,3 +121,17 @@ def test_sigterm_to_one_rank_stops_all_ranks_then_resumes_exactly(run_args, two_
     assert all(torch.equal(resumed[n], reference[n]) for n in reference), "2-process resume is not exact"
     for name in ("sched.rank_0", "sched.rank_1"):
         assert read_jsonl(out / name) == read_jsonl(two_processes / name)
+
+
+def test_gradient_checkpointing_matches_bit_for_bit(run_args, two_processes, tmp_path):
+    """Apollo under 2-process DDP with --gradient_checkpointing: shared blocks run several times in one
+    pass. Reentrant checkpointing would mark their parameters ready once per use, which DDP refuses;
+    the non-reentrant kind trains, and recomputation changes no bit of the result on CPU."""
+    out = tmp_path / "checkpointed"
+    result = run_subprocess(run_args(out, 2, "--save_strategy", "no", "--gradient_checkpointing"), launcher=TORCHRUN_2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain, checkpointed = final_weights(two_processes), final_weights(out)
+    assert plain.keys() == checkpointed.keys()
+    assert all(torch.equal(plain[n], checkpointed[n]) for n in plain)
+    losses = lambda run: [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+    assert losses(out) == losses(two_processes) and len(losses(out)) == TOTAL

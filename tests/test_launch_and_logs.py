@@ -1,0 +1,128 @@
+"""Launch-path checks (issue #8, parts 4 and 5): --ddp_timeout reaches the process group, the
+console log of the example scripts is readable, and every command the README documents runs as
+written from the repository root."""
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, TORCHRUN_2, entry_command, subprocess_env
+
+TINY = ["--model_type", "gpt2", "--tokenizer_vocab_size", 2048, "--max_seq_length", 32,
+        "--config_overrides", "n_layer=2,n_embd=32,n_head=2", "--max_eval_samples", 4]
+
+
+def launch_with_slow_preparation(args, delay_s: float):
+    """2 CPU processes; the main process's data preparation takes `delay_s` seconds longer (a test hook)."""
+    env = {**subprocess_env(), "APOLLO_TEST_PREPARE_DELAY_S": str(delay_s)}
+    return subprocess.run(entry_command(args, TORCHRUN_2), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_short_ddp_timeout_fails_with_one_line_and_a_longer_one_passes(tiny_corpus, tmp_path):
+    # Rank 1 waits in the preparation barrier while rank 0 sleeps 6 s: a 2 s limit fails there ...
+    short = launch_with_slow_preparation([*tiny_corpus, *TINY, "--output_dir", tmp_path / "short",
+                                          "--ddp_timeout", 2, "--max_train_steps", 2], 6)
+    assert short.returncode != 0
+    errors = [line for line in (short.stdout + short.stderr).splitlines() if "error: --ddp_timeout:" in line]
+    assert len(errors) == 1, short.stderr[-3000:]
+    assert "process 1 waited more than 2 s" in errors[0] and "--preprocess_only" in errors[0]
+    assert "Preparing data; the other processes wait for it up to 2 s (--ddp_timeout)" in short.stdout
+    # ... and with 120 s the same run trains.
+    out = tmp_path / "long"
+    long = launch_with_slow_preparation([*tiny_corpus, *TINY, "--output_dir", out, "--ddp_timeout", 120,
+                                         "--max_train_steps", 2], 6)
+    assert long.returncode == 0, long.stderr[-3000:]
+    assert (out / "model.safetensors").exists()
+
+
+def run_example(cache, *flags, tty: bool):
+    """The GPT-2 example script on a tiny model; its console output (through a pseudo-terminal if `tty`)."""
+    env = {**os.environ, "APOLLO_CACHE": str(cache), "APOLLO_LOG_DIR": str(cache / "logs"), "OMP_NUM_THREADS": "1"}
+    env.pop("APOLLO_PROGRESS_BAR", None)
+    args = ["bash", "example-scripts/run_pretrain_gpt_example.sh", "--output_dir", str(cache / "run"),
+            "--config_overrides", "n_layer=2,n_embd=32,n_head=2", "--max_seq_length", "32",
+            "--per_device_train_batch_size", "4", "--max_train_steps", "6", "--logging_steps", "2",
+            "--max_eval_samples", "4", "--eval_steps", "6", "--save_strategy", "no", *flags]
+    if not tty:
+        result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout + result.stderr
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the pty's other end closed: the script has finished
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0, b"".join(chunks)[-3000:]
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["file", "terminal"])
+def test_example_log_file_has_plain_lines(tmp_path, tty):
+    console = run_example(tmp_path, tty=tty)
+    log = (tmp_path / "logs" / "gpt_example.log").read_text()
+    assert "\r" not in log
+    assert re.findall(r"^step (\d+)/6 loss", log, flags=re.M) == ["2", "4", "6"]
+    assert re.findall(r"^step (\d+): eval_loss", log, flags=re.M) == ["0", "6"]  # on lines of their own
+    assert all(" 100%|" in line for line in re.findall(r"^train:.*", log, flags=re.M))  # the bar's final state only
+    if tty:
+        assert re.search(r"\rtrain: +\d+%", console)  # on a terminal the bar is kept
+    else:
+        assert "\r" not in console and not re.search(r"^train:", console, flags=re.M)
+
+
+def documented_python_commands() -> list[str]:
+    """`python SCRIPT.py` and `python -m apollo.X` commands in the READMEs and scripts (not pytest)."""
+    text = "".join(p.read_text() for p in [REPO / "README.md", *REPO.glob("*/README.md"),
+                                           *REPO.glob("example-scripts/*.sh"), *REPO.glob("full-scripts/*.sh")])
+    found = set(re.findall(r"python ((?:-m apollo\.\w+)|(?:[\w./-]+\.py))", text))
+    return sorted(found)
+
+
+def test_every_documented_command_runs_from_the_repository_root():
+    commands = documented_python_commands()
+    assert {"run_pretrain.py", "download_train_datasets.py", "benchmarks/shared_vs_stock.py", "benchmarks/data_path.py",
+            "benchmarks/compare.py", "data/build_embedded_corpus.py", "-m apollo.plot"} <= set(commands)
+    env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}  # as a user's shell has it
+    procs = {c: subprocess.Popen([sys.executable, *c.split(), "--help"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for c in commands}
+    for command, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "usage:" in stdout, f"python {command} --help: {stderr[-2000:]}"
+
+
+def full_script(script, env_extra, *args):
+    env = {**os.environ, **env_extra}
+    return subprocess.run([str(REPO / "full-scripts" / script), *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_full_scripts_pass_a_long_ddp_timeout_and_preprocess_in_one_process(tmp_path):
+    launch = full_script("gpt2_base_apollo.sh", {"GPUS_PER_NODE": "8", "DATASET_DIR": "/data/wiki", "DRY_RUN": "1"})
+    assert launch.returncode == 0, launch.stderr
+    assert "accelerate launch" in launch.stdout and "--ddp_timeout 36000" in launch.stdout
+    # PREPROCESS_ONLY=1: one plain process with the same flags (needs no GPU) builds the cache and exits.
+    dry = full_script("gpt2_base_apollo.sh", {"PREPROCESS_ONLY": "1", "DATASET_DIR": "/data/wiki", "DRY_RUN": "1"})
+    assert dry.returncode == 0, dry.stderr
+    assert "accelerate launch" not in dry.stdout and "run_pretrain.py" in dry.stdout
+    assert dry.stdout.rstrip().endswith("--preprocess_only")
+    out = tmp_path / "out"
+    real = full_script("bert_base_apollo.sh", {"APOLLO_SMOKE": "1", "PREPROCESS_ONLY": "1", "OUTPUT_DIR": str(out),
+                                               "APOLLO_CACHE": str(tmp_path / "cache"), "LOG_DIR": str(tmp_path)})
+    assert real.returncode == 0, real.stdout[-2000:] + real.stderr[-2000:]
+    assert "Tokenizer and token cache ready" in real.stdout
+    assert len(list((tmp_path / "cache" / "blocks").iterdir())) == 1 and not out.exists()
