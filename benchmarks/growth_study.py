@@ -4,6 +4,7 @@
     python benchmarks/growth_study.py gate          # 1. is this a regime where growth is a question at all?
     python benchmarks/growth_study.py sweep         # 2. peak LR per method at the middle length (needs the gate)
     python benchmarks/growth_study.py lengths       # 3. every method at every length, several seeds
+    python benchmarks/growth_study.py trend         # the gate's depths at their best LR at shorter lengths
     python benchmarks/growth_study.py report        # tables + figure from whatever runs exist (no training)
     python benchmarks/growth_study.py gate --preset gpu --dataset_dir DIR   # the same on one GPU (README)
 
@@ -70,7 +71,7 @@ METHODS = ("scratch", "apollo", "stack", "late", "apollo_knobs")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("phase", choices=("gate", "sweep", "lengths", "report"), help="What to run (see above).")
+    a("phase", choices=("gate", "trend", "sweep", "lengths", "report"), help="What to run (see above).")
     a("--preset", default="cpu", choices=sorted(PRESETS), help="Model/data size (see PRESETS).")
     a("--dataset_dir", help="A dataset saved by download_train_datasets.py (default: the embedded corpus).")
     a("--gate_depths", default="2,4,12", help="Depths of the gate's scratch runs (the last is the full depth).")
@@ -171,6 +172,49 @@ def gate_jobs(args, steps: int) -> list[tuple[str, Path, list[str], dict]]:
     return jobs
 
 
+def trend_jobs(args, epoch_steps: int, gate: dict) -> list[tuple[str, Path, list[str], dict]]:
+    """Scratch at every gate depth, at its best gate LR, at the --lengths shorter than one epoch: does the
+    full-depth model's deficit against the shallow ones shrink with training tokens?"""
+    jobs = []
+    for share in [float(x) for x in args.lengths.split(",") if float(x) < 1]:
+        steps = max(20, round(share * epoch_steps))
+        for depth in sorted(map(int, args.gate_depths.split(",")), reverse=True):
+            best = (gate.get("best") or {}).get(str(depth))
+            if best:
+                cmd = base_command(args, depth, steps, best["lr"], 1)
+                jobs.append(("gpt2", run_dir("gpt2", f"trend-L{depth}-n{steps}-lr{best['lr']:g}", 1, cmd, args), cmd,
+                             {"phase": "trend", "depth": depth, "lr": best["lr"], "seed": 1, "steps": steps}))
+    return jobs
+
+
+def trend_table(gate: dict, jobs, epoch_steps: int, depths: list[int]) -> tuple[str, list[dict]]:
+    """Final eval loss per (length, depth), the gate's one-epoch runs included, and the full depth's lead."""
+    rows = {}
+    for _, out, _, meta in jobs:
+        rows.setdefault(meta["steps"], {})[meta["depth"]] = final_eval(out)
+    for depth in depths:
+        best = gate.get("best", {}).get(str(depth))
+        if best:
+            rows.setdefault(best["steps"], {})[depth] = best["final_eval_loss"]
+    head = ["steps", "tokens"] + [f"{d} layers" for d in depths] + [f"{depths[-1]}-layer lead over the best shallower"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out = []
+    for steps in sorted(rows):
+        losses = rows[steps]
+        shallow = [losses.get(d) for d in depths[:-1]]
+        full = losses.get(depths[-1])
+        lead = None if full is None or None in shallow else min(shallow) - full
+        out.append({"steps": steps, "losses": {str(d): losses.get(d) for d in depths}, "lead": lead})
+        tokens = steps * PRESET_TOKENS_PER_STEP[0]
+        lines.append("| " + " | ".join([str(steps), f"{tokens:.3g}"] +
+                                        ["-" if losses.get(d) is None else f"{losses[d]:.3f}" for d in depths] +
+                                        ["-" if lead is None else f"{lead:+.3f}"]) + " |")
+    return "\n".join(lines), out
+
+
+PRESET_TOKENS_PER_STEP = [0]  # set in main from the preset (batch x sequence)
+
+
 def study_jobs(args, phase: str, epoch_steps: int, best_lr: dict) -> list[tuple[str, Path, list[str], dict]]:
     methods = args.methods.split(",")
     lengths = [float(x) for x in args.lengths.split(",")]
@@ -206,8 +250,6 @@ def run_jobs(args, jobs) -> None:
         for _, out, cmd in todo:
             print("python run_pretrain.py", " ".join(cmd), "--output_dir", out)
         return
-    for _, out, cmd, meta in jobs:  # what each folder is, for the report
-        out.mkdir(parents=True, exist_ok=True)
     execute(todo, args, allow_failure=True)
     for _, out, cmd, meta in jobs:
         (out / "study_meta.json").write_text(json.dumps({**meta, "cmd": cmd}))
@@ -221,14 +263,14 @@ def _failed(out: Path, cmd) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Summaries
 # ----------------------------------------------------------------------------------------------
-def unigram_entropy(run: Path, args) -> float:
+def unigram_entropy(run: Path, cmd: list[str]) -> float:
     """Entropy (nats) of the token unigram distribution of the training text under the run's tokenizer."""
     from transformers import AutoTokenizer
 
     from apollo.data import load_text_splits
     from apollo.config import parse_config
 
-    cfg = parse_config(json.loads((run / "study_meta.json").read_text())["cmd"] + ["--output_dir", str(run)])
+    cfg = parse_config(cmd + ["--output_dir", str(run)])
     tokenizer = AutoTokenizer.from_pretrained(str(run))
     counts = Counter()
     texts = load_text_splits(cfg)["train"]["text"]
@@ -250,14 +292,14 @@ def gate_report(args, jobs) -> dict:
     rows, best = [], {}
     for _, out, cmd, meta in jobs:
         loss = final_eval(out)
-        rows.append({**meta, "final_eval_loss": loss, "diverged": _failed(out, cmd), "run": out.name})
+        rows.append({**meta, "final_eval_loss": loss, "diverged": _failed(out, cmd), "run": out.name, "cmd": cmd})
         if loss is not None and (meta["depth"] not in best or loss < best[meta["depth"]]["final_eval_loss"]):
             best[meta["depth"]] = rows[-1]
     depths = sorted(map(int, args.gate_depths.split(",")))
     full, shallow = depths[-1], depths[:-1]
     result = {"rows": rows, "best": {str(d): best.get(d) for d in depths}}
     if full in best:
-        h = unigram_entropy(REPO / args.runs_dir / best[full]["run"], args)
+        h = unigram_entropy(Path(args.runs_dir) / best[full]["run"], best[full]["cmd"])
         result["unigram_entropy"] = h
         result["a_off_plateau"] = best[full]["final_eval_loss"] <= h - 1.5
         result["a_margin"] = h - best[full]["final_eval_loss"]
@@ -369,6 +411,10 @@ def main(argv=None) -> None:
     if args.phase == "gate":
         run_jobs(args, gjobs)
     gate = gate_report(args, gjobs) if gjobs else {}
+    PRESET_TOKENS_PER_STEP[0] = PRESETS[args.preset]["batch"] * PRESETS[args.preset]["seq"]
+    tjobs = trend_jobs(args, epoch, gate) if gate.get("complete") else []
+    if args.phase == "trend":
+        run_jobs(args, tjobs)
     lrs, depths = [float(x) for x in args.gate_lrs.split(",")], sorted(map(int, args.gate_depths.split(",")))
     summary.update(preset=args.preset, preset_config=PRESETS[args.preset], epoch_steps=epoch, gate=gate,
                    commit=os.popen(f"git -C {REPO} rev-parse HEAD").read().strip())
@@ -394,7 +440,6 @@ def main(argv=None) -> None:
     summary["lengths"] = cells
     summary[f"{args.phase}_wall_s"] = time.time() - start
 
-    summary_path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
     text = [f"# Growth study, preset {args.preset}\n", f"One epoch = {epoch} optimizer steps.\n"]
     if gate:
         text += ["## Gate: scratch final eval loss by depth and peak LR\n", gate_table(gate, lrs, depths), "",
@@ -403,9 +448,14 @@ def main(argv=None) -> None:
                  f"{gate.get('a_margin', float('nan')):.3f}, needs >= 1.5). (b) depth pays: {gate.get('b_depth_pays')} "
                  f"(12-layer lead over shallower models at their best LR: {gate.get('b_margins')}, needs >= 0.1 each). "
                  f"Gate {'PASSED' if gate['passed'] else 'not passed' if gate['complete'] else 'incomplete'}.\n"]
+    if tjobs:
+        table, trend = trend_table(gate, tjobs, epoch, depths)
+        summary["trend"] = trend
+        text += ["## Depth against training length (scratch, each depth at its best gate LR, seed 1)\n", table, ""]
     if cells:
         text += ["## FLOPs saved at equal loss, by length and method\n", lengths_table(cells), ""]
         savings_figure(cells, args.results / "savings_vs_tokens.png")
+    summary_path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (args.results / "table.md").write_text("\n".join(text))
     print("\n".join(text))
 

@@ -92,3 +92,14 @@ def final_weights(output_dir) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(Path(output_dir) / "model.safetensors"))
+
+
+def assert_grads_are_summed_over_uses(slots, ref_slots, plan, unique: int) -> None:
+    """Each unique slot's gradient equals the sum of the gradients of its uses along `plan` in the
+    explicitly unrolled reference (within 1e-6 relative)."""
+    for u in range(unique):
+        for (name, p), *uses in zip(slots[u].named_parameters(),
+                                     *[ref_slots[k].parameters() for k, s in enumerate(plan) if s == u]):
+            summed = sum(q.grad for q in uses)
+            rel = (p.grad - summed).norm() / summed.norm().clamp_min(1e-12)
+            assert rel < 1e-6, (u, name, rel.item())

@@ -16,6 +16,7 @@ from apollo.families import MLP_MATRICES, build_config, check_family
 from apollo.flops import forward_flops, training_flops
 from apollo.plan import depth_plan
 from apollo.shared_layers import find_layer_list, layer_slots, run_along
+from conftest import assert_grads_are_summed_over_uses
 from test_flops import CPU_SDPA_FLOPS
 from test_shared_layers import _unrolled
 
@@ -61,13 +62,8 @@ def test_shared_pass_equals_unrolled_copies(kind, unique, depth, method):
     ref_loss.backward()
 
     assert torch.allclose(loss, ref_loss, rtol=0, atol=1e-6), (loss.item(), ref_loss.item())
-    slots, ref_slots = layer_slots(model), layer_slots(ref)
-    for u in range(unique):
-        for (name, p), *uses in zip(slots[u].named_parameters(),
-                                     *[ref_slots[k].parameters() for k, s in enumerate(plan) if s == u]):
-            summed = sum(q.grad for q in uses)
-            rel = (p.grad - summed).norm() / summed.norm().clamp_min(1e-12)
-            assert rel < 1e-6, (u, name, rel.item())
+    slots = layer_slots(model)
+    assert_grads_are_summed_over_uses(slots, layer_slots(ref), plan, unique)
     assert all(p.grad is None for u in range(unique, L) for p in slots[u].parameters())
     assert len(layer_slots(model)) == L and model.config.use_cache is True  # restored
 
