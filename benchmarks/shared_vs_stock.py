@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
-from apollo.families import DECODERS, build_config
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/...` from the repo root
+from apollo.families import DECODERS, build_config  # noqa: E402
 from apollo.plan import depth_plan  # noqa: E402
 from apollo.shared_layers import run_along  # noqa: E402
 
