@@ -393,7 +393,6 @@ def savings_figure(cells: dict, out: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 def main(argv=None) -> None:
     args = parse_args(argv)
-    args.results.mkdir(parents=True, exist_ok=True)
     summary_path = args.results / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     start = time.time()
@@ -452,6 +451,9 @@ def main(argv=None) -> None:
         table, trend = trend_table(gate, tjobs, epoch, depths)
         summary["trend"] = trend
         text += ["## Depth against training length (scratch, each depth at its best gate LR, seed 1)\n", table, ""]
+    if args.dry_run:  # commands only: nothing is written
+        return
+    args.results.mkdir(parents=True, exist_ok=True)
     if cells:
         text += ["## FLOPs saved at equal loss, by length and method\n", lengths_table(cells), ""]
         savings_figure(cells, args.results / "savings_vs_tokens.png")
