@@ -78,6 +78,8 @@ def parse_args(argv=None):
     a("--gate_lrs", help="Peak LRs tried per depth in the gate (default: the preset's).")
     a("--gate_steps", type=int, help="Steps of the gate runs (default: one epoch; never more: no block twice).")
     a("--lengths", default="0.125,0.25,0.5,1.0", help="Training lengths as shares of one epoch (>= 8x apart).")
+    a("--trend_lrs", help="Peak LRs the trend phase tries at every length besides each depth's best gate LR; "
+                            "each depth is reported at its best LR of those tried at that length.")
     a("--sweep_lrs", help="Peak LRs of the sweep (default: --gate_lrs).")
     a("--lr", type=float, help="Skip the sweep: every method of the lengths phase uses this peak LR.")
     a("--methods", default=",".join(METHODS), help="Methods of the sweep and lengths phases.")
@@ -180,22 +182,25 @@ def trend_jobs(args, epoch_steps: int, gate: dict) -> list[tuple[str, Path, list
         steps = max(20, round(share * epoch_steps))
         for depth in sorted(map(int, args.gate_depths.split(",")), reverse=True):
             best = (gate.get("best") or {}).get(str(depth))
-            if best:
-                cmd = base_command(args, depth, steps, best["lr"], 1)
-                jobs.append(("gpt2", run_dir("gpt2", f"trend-L{depth}-n{steps}-lr{best['lr']:g}", 1, cmd, args), cmd,
-                             {"phase": "trend", "depth": depth, "lr": best["lr"], "seed": 1, "steps": steps}))
+            if not best:
+                continue
+            extra = [float(x) for x in args.trend_lrs.split(",")] if args.trend_lrs else []
+            for lr in sorted({best["lr"], *extra}):
+                cmd = base_command(args, depth, steps, lr, 1)
+                jobs.append(("gpt2", run_dir("gpt2", f"trend-L{depth}-n{steps}-lr{lr:g}", 1, cmd, args), cmd,
+                             {"phase": "trend", "depth": depth, "lr": lr, "seed": 1, "steps": steps}))
     return jobs
 
 
 def trend_table(gate: dict, jobs, epoch_steps: int, depths: list[int]) -> tuple[str, list[dict]]:
     """Final eval loss per (length, depth), the gate's one-epoch runs included, and the full depth's lead."""
-    rows = {}
-    for _, out, _, meta in jobs:
-        rows.setdefault(meta["steps"], {})[meta["depth"]] = final_eval(out)
-    for depth in depths:
-        best = gate.get("best", {}).get(str(depth))
-        if best:
-            rows.setdefault(best["steps"], {})[depth] = best["final_eval_loss"]
+    rows, lrs = {}, {}  # (steps) -> depth -> best final loss over the LRs run at that length, and its LR
+    done = [(m, final_eval(out)) for _, out, _, m in jobs] + [(r, r["final_eval_loss"]) for r in gate.get("rows", [])]
+    for meta, loss in done:
+        cell = rows.setdefault(meta["steps"], {})
+        if loss is not None and (cell.get(meta["depth"]) is None or loss < cell[meta["depth"]]):
+            cell[meta["depth"]] = loss
+            lrs[meta["steps"], meta["depth"]] = meta["lr"]
     head = ["steps", "tokens"] + [f"{d} layers" for d in depths] + [f"{depths[-1]}-layer lead over the best shallower"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out = []
@@ -204,10 +209,12 @@ def trend_table(gate: dict, jobs, epoch_steps: int, depths: list[int]) -> tuple[
         shallow = [losses.get(d) for d in depths[:-1]]
         full = losses.get(depths[-1])
         lead = None if full is None or None in shallow else min(shallow) - full
-        out.append({"steps": steps, "losses": {str(d): losses.get(d) for d in depths}, "lead": lead})
+        out.append({"steps": steps, "losses": {str(d): losses.get(d) for d in depths},
+                    "lrs": {str(d): lrs.get((steps, d)) for d in depths}, "lead": lead})
         tokens = steps * PRESET_TOKENS_PER_STEP[0]
         lines.append("| " + " | ".join([str(steps), f"{tokens:.3g}"] +
-                                        ["-" if losses.get(d) is None else f"{losses[d]:.3f}" for d in depths] +
+                                        ["-" if losses.get(d) is None else f"{losses[d]:.3f} ({lrs[steps, d]:g})"
+                                         for d in depths] +
                                         ["-" if lead is None else f"{lead:+.3f}"]) + " |")
     return "\n".join(lines), out
 
@@ -450,7 +457,8 @@ def main(argv=None) -> None:
     if tjobs:
         table, trend = trend_table(gate, tjobs, epoch, depths)
         summary["trend"] = trend
-        text += ["## Depth against training length (scratch, each depth at its best gate LR, seed 1)\n", table, ""]
+        text += ["## Depth against training length (scratch, seed 1; each depth at its best LR among those tried at "
+                 "that length, in brackets)\n", table, ""]
     if args.dry_run:  # commands only: nothing is written
         return
     args.results.mkdir(parents=True, exist_ok=True)
