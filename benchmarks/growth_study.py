@@ -372,6 +372,19 @@ def lengths_table(cells: dict) -> str:
     return "\n".join(lines)
 
 
+def gate_figure(args, gate: dict, depths: list[int]) -> None:
+    """The gate's best run per depth, validation loss against FLOPs, time and steps (apollo.plot);
+    the full-depth run is the reference, so the table says what the shallow runs save to reach it."""
+    import subprocess
+
+    best = [gate["best"][str(d)] for d in reversed(depths)]
+    subprocess.run([sys.executable, "-m", "apollo.plot", *[str(Path(args.runs_dir) / b["run"]) for b in best],
+                    "--labels", ",".join(f"{b['depth']} layers (lr {b['lr']:g})" for b in best),
+                    "--out", str(args.results / "gate.png"), "--json", str(args.results / "gate.json"),
+                    "--title", "Gate: scratch at each depth (its best LR), one epoch, no block repeated"],
+                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+
+
 def savings_figure(cells: dict, out: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -462,6 +475,9 @@ def main(argv=None) -> None:
     if args.dry_run:  # commands only: nothing is written
         return
     args.results.mkdir(parents=True, exist_ok=True)
+    if gate.get("complete") and all(gate["best"].get(str(d)) for d in depths):
+        gate_figure(args, gate, depths)
+        text += ["![gate](gate.png)\n"]
     if cells:
         text += ["## FLOPs saved at equal loss, by length and method\n", lengths_table(cells), ""]
         savings_figure(cells, args.results / "savings_vs_tokens.png")
