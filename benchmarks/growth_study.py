@@ -192,7 +192,7 @@ def trend_jobs(args, epoch_steps: int, gate: dict) -> list[tuple[str, Path, list
     return jobs
 
 
-def trend_table(gate: dict, jobs, epoch_steps: int, depths: list[int]) -> tuple[str, list[dict]]:
+def trend_table(gate: dict, jobs, tokens_per_step: int, depths: list[int]) -> tuple[str, list[dict]]:
     """Final eval loss per (length, depth), the gate's one-epoch runs included, and the full depth's lead."""
     rows, lrs = {}, {}  # (steps) -> depth -> best final loss over the LRs run at that length, and its LR
     done = [(m, final_eval(out)) for _, out, _, m in jobs] + [(r, r["final_eval_loss"]) for r in gate.get("rows", [])]
@@ -211,15 +211,13 @@ def trend_table(gate: dict, jobs, epoch_steps: int, depths: list[int]) -> tuple[
         lead = None if full is None or None in shallow else min(shallow) - full
         out.append({"steps": steps, "losses": {str(d): losses.get(d) for d in depths},
                     "lrs": {str(d): lrs.get((steps, d)) for d in depths}, "lead": lead})
-        tokens = steps * PRESET_TOKENS_PER_STEP[0]
+        tokens = steps * tokens_per_step
         lines.append("| " + " | ".join([str(steps), f"{tokens:.3g}"] +
                                         ["-" if losses.get(d) is None else f"{losses[d]:.3f} ({lrs[steps, d]:g})"
                                          for d in depths] +
                                         ["-" if lead is None else f"{lead:+.3f}"]) + " |")
     return "\n".join(lines), out
 
-
-PRESET_TOKENS_PER_STEP = [0]  # set in main from the preset (batch x sequence)
 
 
 def study_jobs(args, phase: str, epoch_steps: int, best_lr: dict) -> list[tuple[str, Path, list[str], dict]]:
@@ -430,7 +428,6 @@ def main(argv=None) -> None:
     if args.phase == "gate":
         run_jobs(args, gjobs)
     gate = gate_report(args, gjobs) if gjobs else {}
-    PRESET_TOKENS_PER_STEP[0] = PRESETS[args.preset]["batch"] * PRESETS[args.preset]["seq"]
     tjobs = trend_jobs(args, epoch, gate) if gate.get("complete") else []
     if args.phase == "trend":
         run_jobs(args, tjobs)
@@ -468,7 +465,7 @@ def main(argv=None) -> None:
                  f"(12-layer lead over shallower models at their best LR: {gate.get('b_margins')}, needs >= 0.1 each). "
                  f"Gate {'PASSED' if gate['passed'] else 'not passed' if gate['complete'] else 'incomplete'}.\n"]
     if tjobs:
-        table, trend = trend_table(gate, tjobs, epoch, depths)
+        table, trend = trend_table(gate, tjobs, PRESETS[args.preset]["batch"] * PRESETS[args.preset]["seq"], depths)
         summary["trend"] = trend
         text += ["## Depth against training length (scratch, seed 1; each depth at its best LR among those tried at "
                  "that length, in brackets)\n", table, ""]
