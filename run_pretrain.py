@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Pretrain BERT (masked LM), GPT-2 or another decoder family (causal LM; see apollo/families.py), from
-scratch or with Apollo, in one Accelerate loop.
+"""Pretrain BERT (masked LM), GPT-2 or another decoder family of transformers (causal LM; see
+apollo/families.py for which), from scratch or with Apollo, in one Accelerate loop.
 
     python run_pretrain.py --model_type gpt2 --output_dir runs/gpt2 \
         --apollo_layers 1,3,6,12 --apollo_epoch_list 1,2,5,10 --num_train_epochs 10
@@ -35,7 +35,7 @@ import transformers
 from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
-from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, get_scheduler
+from transformers import CONFIG_MAPPING, AutoConfig, get_scheduler
 
 from apollo.checkpoint import read_trainer_state, resolve_resume, save_checkpoint
 from apollo import families
@@ -45,6 +45,7 @@ from apollo.data import (EVAL_MASK_SEED, BlockCollator, KeyedBlocks, StepBatchSa
                          load_text_splits, token_blocks)
 from apollo.flops import training_flops
 from apollo.growth import grow_layers, growth_noise_seed
+from apollo.kinds import ROLE_PURPOSE, build_model, kind_of, max_positions
 from apollo.logs import JsonLines, schedule_record, stack_info
 from apollo.plan import depth_plan, growth_map
 from apollo.sampling import sample_depth
@@ -62,6 +63,7 @@ RESUME_MUST_MATCH = ("model_type", "tokenizer_name", "tokenizer_vocab_size",
                      "adam_epsilon", "max_grad_norm", "mlm_probability", "max_train_samples", "lr_decay_ratio",
                      "lr_decay_type", "growth_warmup_steps", "growth_noise")
 TOKENIZER_FIELDS = {"vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"}  # set by fit_vocabulary
+EXAMPLE_KINDS = "bert, gpt2, llama, qwen3, granite, mistral"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,15 +78,18 @@ def model_config(cfg: TrainConfig):
         cfg.model_type = config.model_type
     elif cfg.model_type:
         if cfg.model_type not in CONFIG_MAPPING:
-            raise ConfigError("model_type", f"unknown model type {cfg.model_type!r} (e.g. bert, gpt2, "
-                                            f"{', '.join(families.DECODERS)})")
-        config = CONFIG_MAPPING[cfg.model_type]()
+            raise ConfigError("model_type", f"unknown model type {cfg.model_type!r} (e.g. {EXAMPLE_KINDS}; "
+                                            f"the README lists every family)")
+        try:
+            config = CONFIG_MAPPING[cfg.model_type]()
+        except Exception as err:  # a family whose own default config fails its validation
+            raise ConfigError("model_type", f"the default {cfg.model_type} config cannot be built "
+                                            f"({families.one_line(err)})") from None
     else:
-        raise ConfigError("model_type", f"give --model_type (bert, gpt2, {', '.join(families.DECODERS)}) "
-                                        f"or --config_name")
+        raise ConfigError("model_type", f"give --model_type ({EXAMPLE_KINDS}, ...) or --config_name")
     if cfg.config_overrides:
         try:
-            if cfg.model_type in families.OWN_PATH:
+            if not kind_of(cfg.model_type).rebuild_on_overrides:
                 config.update_from_string(cfg.config_overrides)
             else:  # rebuilt, so that derived fields follow (Llama's head_dim, Qwen2's layer_types)
                 overrides = families.parse_overrides(cfg.config_overrides, config)
@@ -98,8 +103,8 @@ def model_config(cfg: TrainConfig):
     why = families.check_family(config)  # after the overrides: they may make blocks differ by position
     if why:
         raise ConfigError("config_name" if cfg.config_name else "model_type", why)
-    positions = config.n_positions if cfg.model_type == "gpt2" else config.max_position_embeddings
-    if cfg.max_seq_length > positions:
+    positions = max_positions(config)
+    if positions is not None and cfg.max_seq_length > positions:
         raise ConfigError("max_seq_length", f"{cfg.max_seq_length} exceeds the model's {positions} positions")
     if cfg.apollo and cfg.layer_list()[-1] != config.num_hidden_layers:
         raise ConfigError("apollo_layers", f"must end at the model's depth {config.num_hidden_layers}, "
@@ -127,14 +132,8 @@ def fit_vocabulary(cfg: TrainConfig, config, tokenizer) -> None:
     explicit = check_vocabulary(cfg, config, n)
     if not explicit or n > config.vocab_size:
         config.vocab_size = n
-    if cfg.model_type == "gpt2":
-        config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
-    elif cfg.model_type == "bert":
-        config.pad_token_id = tokenizer.pad_token_id
-    else:  # a decoder family: the config's special ids are the tokenizer's, whichever made them
-        config.bos_token_id = tokenizer.bos_token_id
-        config.eos_token_id = tokenizer.eos_token_id
-        config.pad_token_id = tokenizer.pad_token_id
+    for role, token in kind_of(cfg.model_type).ids_from_tokenizer.items():  # the config's ids are the tokenizer's
+        setattr(config, f"{role}_token_id", getattr(tokenizer, f"{token}_token_id"))
 
 
 def check_precision(cfg: TrainConfig) -> None:
@@ -153,8 +152,10 @@ def named_tokenizer(cfg: TrainConfig):
         tokenizer = load_tokenizer(cfg.tokenizer_name)
     except (OSError, ValueError) as err:
         raise ConfigError("tokenizer_name", f"cannot load {cfg.tokenizer_name!r}: {str(err).splitlines()[0]}") from None
-    if cfg.model_type != "bert" and tokenizer.eos_token_id is None:
-        raise ConfigError("tokenizer_name", "the tokenizer has no end-of-text token to separate documents")
+    kind = kind_of(cfg.model_type)
+    for role in (*kind.frame_before, *kind.frame_after):  # the tokens that frame each document in a block
+        if getattr(tokenizer, f"{role}_token_id") is None:
+            raise ConfigError("tokenizer_name", f"the tokenizer has no {ROLE_PURPOSE[role]}")
     return tokenizer
 
 
@@ -285,7 +286,7 @@ def evaluate(accelerator, model, slots_plan, blocks, collator, batch_size) -> fl
         for batch in eval_batches(blocks, batch_size, accelerator.process_index, accelerator.num_processes, collator):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             loss = raw(**batch).loss.double()
-            labels = batch["labels"] if raw.config.model_type == "bert" else batch["labels"][:, 1:]
+            labels = batch["labels"][:, kind_of(raw.config.model_type).label_shift:]  # the targets the loss counts
             count = (labels != -100).sum()
             total += torch.stack([loss * count, count.double()])
             runs += 1
@@ -387,8 +388,7 @@ def main(argv=None) -> None:
 
     # Model, optimizer, LR schedule.
     set_seed(cfg.seed)
-    auto = AutoModelForMaskedLM if cfg.model_type == "bert" else AutoModelForCausalLM
-    model = auto.from_config(config, attn_implementation="sdpa")
+    model = build_model(config)  # SDPA attention where the family has it
     if cfg.torch_compile:
         compile_blocks(model)
     if cfg.gradient_checkpointing:
@@ -427,8 +427,9 @@ def main(argv=None) -> None:
     if cfg.report_to != "none":
         accelerator.init_trackers("apollo", config={k: v for k, v in vars(cfg).items() if v is not None})
 
-    collator = BlockCollator(tokenizer, cfg.model_type == "bert", cfg.mlm_probability, cfg.seed)
-    eval_collator = BlockCollator(tokenizer, cfg.model_type == "bert", cfg.mlm_probability, EVAL_MASK_SEED)
+    masked = kind_of(cfg.model_type).masked
+    collator = BlockCollator(tokenizer, masked, cfg.mlm_probability, cfg.seed)
+    eval_collator = BlockCollator(tokenizer, masked, cfg.mlm_probability, EVAL_MASK_SEED)
     sampler = StepBatchSampler(len(train_blocks), b, world, accelerator.process_index, cfg.seed,
                                steps_per_epoch * accum, state["step"] * accum, total_steps * accum)
     loader = torch.utils.data.DataLoader(KeyedBlocks(train_blocks), batch_sampler=sampler, collate_fn=collator,

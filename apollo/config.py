@@ -30,9 +30,9 @@ def _f(default, help, **kw):
 @dataclass
 class TrainConfig:
     # Model and tokenizer
-    model_type: str | None = _f(None, "Model family: bert, gpt2, or a decoder family of transformers whose blocks "
-                                "can be shared (llama, qwen2, mistral, gpt_neox, phi3, olmo, olmo2, qwen3; "
-                                "others are refused with the reason). Inferred from --config_name when omitted.")
+    model_type: str | None = _f(None, "Model family: bert, gpt2, or any decoder family of transformers whose blocks "
+                                "can be shared (llama, granite, qwen3, mixtral, ...: the README's table; others "
+                                "are refused with the reason). Inferred from --config_name when omitted.")
     config_name: str | None = _f(None, "Hub name or local path of a model config. Default: the library's "
                                  "default config for --model_type (GPT2-Base / BERT-Base shapes).")
     config_overrides: str | None = _f(None, 'Comma-separated overrides of the config, e.g. "n_layer=12,n_embd=128".')

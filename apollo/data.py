@@ -26,6 +26,7 @@ from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, l
 from transformers import DataCollatorForLanguageModeling
 
 from .config import ConfigError
+from .kinds import kind_of
 
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "data" / "embedded"
 EMBEDDED_TRAIN = [str(EMBEDDED_DIR / "train.txt")]
@@ -45,6 +46,17 @@ def training_files(cfg) -> tuple[list[str] | None, list[str] | None]:
     if cfg.train_file:
         return cfg.train_file, cfg.validation_file
     return EMBEDDED_TRAIN, cfg.validation_file or EMBEDDED_VALIDATION
+
+
+def embedded_sample(folder: Path, lines: dict[str, int]) -> list[str]:
+    """The first `lines[split]` documents of each embedded split written to FOLDER, as --SPLIT_file flags
+    (tests and the family walk: tokenizer training and tokenization in about a second)."""
+    flags = []
+    for split, count in lines.items():
+        text = (EMBEDDED_DIR / f"{split}.txt").read_text().splitlines(keepends=True)[:count]
+        (folder / f"{split}.txt").write_text("".join(text))
+        flags += [f"--{split}_file", str(folder / f"{split}.txt")]
+    return flags
 
 
 def check_data_args(cfg) -> None:
@@ -144,17 +156,17 @@ def _tokenizer_digest(tokenizer) -> str:
 
 def _tokenize_and_group(batch, tokenizer, model_type: str, block: int):
     """Concatenate the batch's documents (with separators) and cut them into blocks of `block` tokens."""
+    kind = kind_of(model_type)
+    # BERT: [CLS] doc [SEP], as BERT's tokenizer frames a text; causal LMs: doc <end-of-text>.
+    before = [getattr(tokenizer, f"{role}_token_id") for role in kind.frame_before]
+    after = [getattr(tokenizer, f"{role}_token_id") for role in kind.frame_after]
     ids, special = [], []
     for doc in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]:
-        if model_type == "bert":  # [CLS] doc [SEP], as BERT's tokenizer frames a text
-            ids += [tokenizer.cls_token_id, *doc, tokenizer.sep_token_id]
-            special += [1, *([0] * len(doc)), 1]
-        else:  # GPT-2: documents separated by <|endoftext|>
-            ids += [*doc, tokenizer.eos_token_id]
-            special += [*([0] * len(doc)), 1]
+        ids += [*before, *doc, *after]
+        special += [*([1] * len(before)), *([0] * len(doc)), *([1] * len(after))]
     n = len(ids) // block * block  # the remainder of each group is dropped, as in run_clm/run_mlm
     out = {"input_ids": [ids[i:i + block] for i in range(0, n, block)]}
-    if model_type == "bert":
+    if kind.masked:  # masking skips the framing tokens
         out["special_tokens_mask"] = [special[i:i + block] for i in range(0, n, block)]
     return out
 
@@ -167,7 +179,7 @@ def _group_chunks(batch, texts, tokenizer, model_type: str, block: int):
         for column, rows in part.items():
             out.setdefault(column, []).extend(rows)
     if not out:
-        out = {"input_ids": []} if model_type == "gpt2" else {"input_ids": [], "special_tokens_mask": []}
+        out = {"input_ids": [], "special_tokens_mask": []} if kind_of(model_type).masked else {"input_ids": []}
     return out
 
 

@@ -1,31 +1,27 @@
-"""Which Hugging Face model families Apollo can share, decided from the config (and, as a last check,
-from the blocks of a model built on the meta device).
+"""Which Hugging Face model families Apollo can train, decided from the config and the model itself.
 
 Apollo runs D layer positions along U shared blocks and copies blocks at growth, so a family qualifies
 only if its blocks are one `nn.ModuleList` of interchangeable blocks: block k must compute the same
 function wherever it sits. Families whose blocks differ by position are refused with the reason:
 per-layer attention types or sliding windows (`layer_types` with mixed values), MoE on some layers
 only, per-layer KV sharing, per-layer config overrides. BERT keeps its own (masked-LM) path; other
-encoders are refused, since the masking, data framing and evaluation here are BERT's.
-
-Beyond sharing, a family needs a FLOPs formula (`apollo/flops.py`), whose MLP shape (plain or gated)
-the config does not state: `MLP_MATRICES` below is that one fact per family, checked against
-`FlopCounterMode` in tests/test_flops.py. A family that shares safely but is missing there is refused
-with a message saying so.
+encoders are refused, since the masking, data framing and evaluation here are BERT's. Then the model is
+built on the meta device (its blocks must have one class and one shape) and its FLOPs are counted from
+its own modules (`apollo/flops.py`); a family whose forward cannot be counted so is refused with the
+reason. No list of family names: `benchmarks/family_walk.py` sorts every causal-LM family of the
+installed transformers by these rules and checks the ones they accept.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
-from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+from transformers import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-# The two families with their own paths (data framing, tokenizer, heads).
-OWN_PATH = ("bert", "gpt2")
+from .kinds import build_model, kind_of
 
-# Weight matrices in one block's MLP: 3 for gated MLPs (gate, up, down; Phi-3 fuses gate and up
-# into one matrix of twice the width, which is the same work), 2 for plain ones (up, down).
-MLP_MATRICES = {"llama": 3, "mistral": 3, "qwen2": 3, "qwen3": 3, "phi3": 3, "olmo": 3, "olmo2": 3, "gpt_neox": 2}
-DECODERS = tuple(MLP_MATRICES)
+TRAINING_RULE_TOLERANCE = 0.01  # how far a layer's counted forward + backward may be from 3 x its forward
 
 # Scalar config fields that make blocks differ by position when set (name -> why, test on the value).
 _POSITION_KNOBS = {
@@ -46,17 +42,19 @@ _POSITION_KNOBS = {
 def refusal(config) -> str | None:
     """Why this config's model cannot be trained with shared blocks here, or None if it can."""
     kind = config.model_type
-    if kind in OWN_PATH:
-        return None
     if getattr(config, "is_encoder_decoder", False):
         return f"{kind} is an encoder-decoder model; only decoder-only causal LMs (and BERT) are supported"
-    if kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+    if kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not kind_of(kind).masked:
         return f"{kind} is an encoder (masked LM); of the encoders only BERT is supported"
     if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return f"{kind} has no causal LM head in transformers; only decoder-only causal LMs (and BERT) are supported"
     depth = getattr(config, "num_hidden_layers", None)
     if not isinstance(depth, int):
         return f"{kind} config has no single num_hidden_layers (a composite or multimodal config)"
+    stored = config.to_dict().get("num_hidden_layers", depth)
+    if stored != depth:  # e.g. a looped model: blocks run several times by design
+        return f"{kind} config has {stored} layers stored but num_hidden_layers reads {depth} (layers run in " \
+               f"loops or sections of their own)"
     spec = getattr(config, "_heterogeneity_spec", None)
     if spec is not None and getattr(spec, "per_layer_overrides", None):
         return f"blocks differ by position: per_layer_config overrides layers {sorted(spec.per_layer_overrides)}"
@@ -79,8 +77,11 @@ def block_refusal(config) -> str | None:
     """
     from .shared_layers import layer_slots
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    try:
+        with torch.device("meta"):
+            model = build_model(config)
+    except Exception as err:  # the family's own code fails on this config
+        return f"the {config.model_type} model cannot be built from its config ({one_line(err)})"
     try:
         slots = layer_slots(model)
     except ValueError as err:
@@ -90,34 +91,79 @@ def block_refusal(config) -> str | None:
     if len(shapes) > 1:
         return f"blocks differ by position: the {len(slots)} blocks of {type(model).__name__} do not all have " \
                f"the same modules and shapes"
+    differing = _differing_settings(slots)
+    if differing:
+        return f"blocks differ by position: their modules hold settings that depend on the layer index " \
+               f"({', '.join(differing[:3])})"
     return None
 
 
+def _differing_settings(slots) -> list[str]:
+    """Scalar attributes of the blocks' modules that differ between blocks (e.g. DiffLlama's lambda_init,
+    computed from the layer index). The layer index itself (k + a constant in block k) is left out: it
+    names the block's cache slot, and the shared pass runs without a cache."""
+    def settings(block):
+        return {f"{name}.{key}".lstrip("."): value for name, module in block.named_modules()
+                for key, value in vars(module).items()
+                if not key.startswith("_") and isinstance(value, (int, float, str, bool, type(None)))}
+
+    per_block = [settings(block) for block in slots]
+    differing = []
+    for key in per_block[0]:
+        values = [s.get(key) for s in per_block]
+        is_index = all(isinstance(v, int) and not isinstance(v, bool) for v in values) \
+            and len({v - k for k, v in enumerate(values)}) == 1
+        if len(set(map(repr, values))) > 1 and not is_index:
+            differing.append(key)
+    return differing
+
+
+def flops_refusal(config) -> str | None:
+    """Why the FLOPs of this config's model cannot be counted from its modules (apollo/flops.py), or None.
+
+    Counted on fake tensors at a small shape. Also checks the method spec's rule that training costs
+    3 x the forward: true wherever the work is matmuls whose operands both need gradients, and not, for
+    example, for a recurrent scan whose backward does more (Mamba).
+    """
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
+    from .flops import BACKWARD_MULTIPLIER, backward_excess
+
+    try:
+        excess = backward_excess(config, 1, 16)
+    except (DataDependentOutputException, DynamicOutputShapeException) as err:
+        return f"{config.model_type}: its forward has data-dependent shapes (as a mixture-of-experts loop over the " \
+               f"tokens routed to each expert has), so its FLOPs cannot be counted from its modules ({one_line(err)})"
+    except Exception as err:  # whatever else the stock forward raises on fake tensors
+        return f"{config.model_type}: its FLOPs cannot be counted from its modules on fake tensors ({one_line(err)})"
+    if abs(excess) > TRAINING_RULE_TOLERANCE:
+        rule = 1 + BACKWARD_MULTIPLIER
+        return f"{config.model_type}: forward + backward of a layer counts {rule * (1 + excess):.2f} x its forward, " \
+               f"not the {rule} x of the training FLOPs rule (method spec, section 5)"
+    return None
+
+
+def one_line(err: Exception) -> str:
+    """An exception as one short line: its type and the last line of its message."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return f"{type(err).__name__}: {(lines[-1] if lines else '')[:200]}"
+
+
 def check_family(config) -> str | None:
-    """Everything that decides whether a non-BERT, non-GPT-2 config is supported; None if it is."""
-    why = refusal(config)
-    if why is None and config.model_type not in OWN_PATH:
-        why = block_refusal(config)
-    if why is None and config.model_type not in OWN_PATH and config.model_type not in MLP_MATRICES:
-        why = (f"{config.model_type} could share its blocks, but apollo/flops.py has no FLOPs formula for it "
-               f"(supported decoders: {', '.join(DECODERS)})")
-    return why
+    """Everything that decides whether a config is supported; None if it is."""
+    return refusal(config) or block_refusal(config) or flops_refusal(config)
 
 
-def special_tokens(model_type: str) -> dict[str, str | None]:
-    """Special tokens of a locally trained byte-level BPE for a decoder family, named after what the
-    family's default config expects: an end-of-text token always (it separates documents), a distinct
-    begin-of-text token where the config's bos differs from its eos, a pad token where it names one.
-    `fit_vocabulary` then sets the config's ids from the tokenizer, so the two always agree."""
-    if model_type == "gpt2":
-        return {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": None}
-    default = CONFIG_MAPPING[model_type]()
-    bos, eos, pad = (getattr(default, f"{t}_token_id", None) for t in ("bos", "eos", "pad"))
-    distinct_bos = bos is not None and bos != eos
-    return {"bos_token": "<s>" if distinct_bos else "<|endoftext|>" if bos is not None else None,
-            "eos_token": "</s>" if distinct_bos else "<|endoftext|>",
-            "pad_token": None if pad is None else "<pad>" if pad not in (bos, eos) else
-            "</s>" if distinct_bos and pad == eos else "<s>" if distinct_bos else "<|endoftext|>"}
+def config_at_depth(config, depth: int):
+    """A copy of the config at another depth. Per-layer lists (uniform, or `refusal` would have refused
+    the config) are cut or extended to the new depth, so every layer index still finds its entry."""
+    old = config.num_hidden_layers
+    new = copy.deepcopy(config)
+    for name, value in config.to_dict().items():
+        if isinstance(value, (list, tuple)) and len(value) == old and old > 0 and hasattr(new, name):
+            setattr(new, name, type(value)([value[-1]] * depth))
+    new.num_hidden_layers = depth
+    return new
 
 
 def parse_overrides(text: str | None, config) -> dict:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from .kinds import kind_of
+
 _FORMAT = "v1"  # bump when the training recipe below changes, so old caches are not reused
 
 
@@ -23,27 +25,16 @@ def cache_root(cache_dir: str | None) -> Path:
 def _train(model_type: str, texts, vocab_size: int) -> PreTrainedTokenizerFast:
     from tokenizers import ByteLevelBPETokenizer, BertWordPieceTokenizer
 
-    if model_type == "gpt2":
+    kind = kind_of(model_type)  # which tokenizer, and the special tokens the kind expects (apollo/kinds.py)
+    if kind.tokenizer == "byte_bpe":
         tok = ByteLevelBPETokenizer()
-        tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"],
-                                show_progress=False)
-        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                       unk_token="<|endoftext|>", model_max_length=1_000_000)
-    if model_type != "bert":  # another decoder family: the special tokens its config expects
-        from .families import special_tokens
-
-        named = special_tokens(model_type)
-        specials = list(dict.fromkeys(t for t in named.values() if t is not None))
-        tok = ByteLevelBPETokenizer()
-        tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
-                                show_progress=False)
-        return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=1_000_000,
-                                       **{k: v for k, v in named.items() if v is not None})
+        tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
+                                special_tokens=kind.special_token_list(), show_progress=False)
+        return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=1_000_000, **kind.special_tokens)
     tok = BertWordPieceTokenizer(lowercase=True)
     tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-                                   cls_token="[CLS]", mask_token="[MASK]", model_max_length=1_000_000)
+                            special_tokens=kind.special_token_list())
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=1_000_000, **kind.special_tokens)
 
 
 def local_tokenizer(model_type: str, train_split, data_key: str, vocab_size: int, cache_dir: str | None):
@@ -54,7 +45,7 @@ def local_tokenizer(model_type: str, train_split, data_key: str, vocab_size: int
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         texts = (train_split[i:i + 1000]["text"] for i in range(0, len(train_split), 1000))
         _train(model_type, texts, vocab_size).save_pretrained(tmp)
-        if model_type not in ("gpt2", "bert"):
+        if kind_of(model_type).family_tokenizer_class:
             # AutoTokenizer picks the tokenizer class from a config beside the files (Qwen2Tokenizer for
             # qwen2, with its own default pad token), as it will in the final output folder; with the
             # family's config here too, the run trains with exactly the tokenizer it saves.

@@ -7,8 +7,9 @@ hits both alike; the printed ratio is median(stock) / median(Apollo): >= 1 means
 
     python benchmarks/shared_vs_stock.py [--model gpt2|bert|llama|qwen2|...] [--width 128] [--repeats 7]
 
-Decoder families (apollo/families.py) are built at 4 query heads, 2 key/value heads (where the family
-has grouped-query attention) and a gated MLP of 8/3 x width rounded to a multiple of 8, as Llama sizes it.
+Other decoder families are their default config shrunk by rule (apollo/small_configs.py) to 4 query heads,
+2 key/value heads (where the family groups them) and MLPs of 8/3 x width rounded to a multiple of 8, as
+Llama sizes its gated MLP.
 """
 from __future__ import annotations
 
@@ -19,29 +20,26 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+from transformers import CONFIG_MAPPING, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/...` from the repo root
-from apollo.families import DECODERS, build_config  # noqa: E402
+from apollo.families import check_family  # noqa: E402
+from apollo.kinds import build_model  # noqa: E402
 from apollo.plan import depth_plan  # noqa: E402
 from apollo.shared_layers import run_along  # noqa: E402
+from apollo.small_configs import Sizes, small_config  # noqa: E402
 
 
 def build(kind, layers, width, vocab):
     torch.manual_seed(0)
     if kind == "gpt2":
         return GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=width, n_head=4, vocab_size=vocab, n_positions=512))
-    if kind in DECODERS:
-        shape = dict(num_hidden_layers=layers, hidden_size=width, num_attention_heads=4, num_key_value_heads=2,
-                     intermediate_size=(8 * width // 3 + 7) // 8 * 8, vocab_size=vocab, max_position_embeddings=512,
-                     bos_token_id=1, eos_token_id=2, pad_token_id=None)
-        if kind == "gpt_neox":
-            shape.pop("num_key_value_heads")
-        if kind == "qwen3":
-            shape["head_dim"] = width // 4
-        return AutoModelForCausalLM.from_config(build_config(kind, shape), attn_implementation="sdpa")
-    return BertForMaskedLM(BertConfig(num_hidden_layers=layers, hidden_size=width, num_attention_heads=4,
-                                      intermediate_size=4 * width, vocab_size=vocab))
+    if kind == "bert":
+        return BertForMaskedLM(BertConfig(num_hidden_layers=layers, hidden_size=width, num_attention_heads=4,
+                                          intermediate_size=4 * width, vocab_size=vocab))
+    sizes = Sizes(layers=layers, width=width, heads=4, kv_heads=2, head_dim=width // 4,
+                  inner=(8 * width // 3 + 7) // 8 * 8, vocab=vocab, positions=512)
+    return build_model(small_config(kind, sizes))
 
 
 def step_fn(model, plan, batch):
@@ -63,13 +61,18 @@ def timed(step):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gpt2", choices=("gpt2", "bert", *DECODERS))
+    p.add_argument("--model", default="gpt2", help="gpt2, bert or any family that run_pretrain.py trains")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args()
+    if args.model not in CONFIG_MAPPING:
+        p.error(f"unknown model type {args.model!r}")
+    why = None if args.model in ("gpt2", "bert") else check_family(build(args.model, 2, args.width, args.vocab).config)
+    if why:
+        p.error(why)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "labels": ids}
     print(f"{args.model} width {args.width}, vocab {args.vocab}, batch {args.batch}x{args.seq}, "

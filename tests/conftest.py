@@ -35,13 +35,9 @@ def apollo_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> list[str]:
     """Flags for a small slice of the embedded corpus: tokenizer training and tokenization in ~1 s."""
-    folder = tmp_path_factory.mktemp("tiny_corpus")
-    flags = []
-    for split, lines in (("train", 120), ("validation", 20)):
-        text = (REPO / "data" / "embedded" / f"{split}.txt").read_text().splitlines(keepends=True)[:lines]
-        (folder / f"{split}.txt").write_text("".join(text))
-        flags += [f"--{split}_file", str(folder / f"{split}.txt")]
-    return flags
+    from apollo.data import embedded_sample
+
+    return embedded_sample(tmp_path_factory.mktemp("tiny_corpus"), {"train": 120, "validation": 20})
 
 
 TORCHRUN_2 = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")

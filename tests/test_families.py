@@ -1,73 +1,46 @@
-"""Decoder families beyond GPT-2 (issue 10): shared pass = unrolled stock model, FLOPs = FlopCounterMode,
-and the refusals, decided from the config.
+"""Decoder families (issues 10 and 15): the rules that sort them (apollo/families.py) and the counts the
+family walk (tests/test_family_walk.py) does not pin by hand.
 
-Every supported family is built from its own default config with tiny overrides passed to the
-constructor (so derived fields such as head_dim follow), cache left on (the default): the hook itself
-must make the shared-cache trap impossible. Grouped-query attention (2 key/value heads for 4 query
-heads) wherever the family has it; Mistral with a sliding window shorter than the sequence.
+The walk checks every family the rules accept (shared pass = unrolled stock model, growth, FLOPs =
+FlopCounterMode, a plain saved model). Here: refusals decided from the config and the blocks, the control
+for the shared-cache trap, the count against hand formulas (grouped keys and values, gated MLP, top-k
+experts), CPU SDPA's recomputed product, config overrides. Models come from each family's default config
+shrunk by rule (apollo/small_configs.py), cache left on (the default): the hook itself must make the
+shared-cache trap impossible.
 """
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import AutoModelForCausalLM
+from transformers import CONFIG_MAPPING
 
 from apollo import families
-from apollo.families import MLP_MATRICES, build_config, check_family
-from apollo.flops import forward_flops, training_flops
+from apollo.families import build_config, check_family
+from apollo.flops import CPU_SDPA_FLOPS, forward_flops, training_flops
+from apollo.kinds import build_model
 from apollo.plan import depth_plan
 from apollo.shared_layers import find_layer_list, layer_slots, run_along
-from conftest import assert_grads_are_summed_over_uses
-from test_flops import CPU_SDPA_FLOPS
+from apollo.small_configs import Sizes, shrink_overrides
 from test_shared_layers import _unrolled
 
 L, VOCAB = 6, 101
 
 
-def tiny(kind, depth=L, vocab=VOCAB, width=32, seq=64, **extra):
-    overrides = dict(hidden_size=width, num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-                     num_hidden_layers=depth, vocab_size=vocab, max_position_embeddings=seq, bos_token_id=1,
-                     eos_token_id=2, pad_token_id=None, **extra)
-    if kind == "gpt_neox":  # no grouped-query attention in GPT-NeoX
-        overrides.pop("num_key_value_heads")
-    if kind == "qwen3":  # Qwen3 states head_dim (default 128) instead of deriving it
-        overrides["head_dim"] = width // 4
-    if kind == "mistral":  # a window shorter than the sequence, the same on every layer
-        overrides.setdefault("sliding_window", 8)
-    return build_config(kind, overrides)
+def tiny(kind, depth=L, vocab=VOCAB, width=32, seq=64, inner=48, **extra):
+    """The family's default config shrunk by rule: 4 query heads, 2 key/value heads where it groups them."""
+    sizes = Sizes(layers=depth, width=width, head_dim=width // 4, inner=inner, vocab=vocab, positions=seq)
+    return build_config(kind, {**shrink_overrides(CONFIG_MAPPING[kind](), sizes), **extra})
 
 
 def make(config, attn="sdpa"):
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+    return build_model(config, attn_implementation=attn)
 
 
 def ids(vocab=VOCAB, shape=(2, 16)):
     return torch.randint(3, vocab, shape, generator=torch.Generator().manual_seed(1))
 
 
-# ---- a shared pass equals the explicitly unrolled stock model -----------------------------------
-@pytest.mark.parametrize("kind", list(MLP_MATRICES))
-@pytest.mark.parametrize("unique,depth,method", [(3, 6, "extend"), (2, 5, "stack")])
-def test_shared_pass_equals_unrolled_copies(kind, unique, depth, method):
-    model = make(tiny(kind)).eval()  # eval: no dropout; the cache is on in eval mode too
-    assert model.config.use_cache and check_family(model.config) is None
-    plan = depth_plan(unique, depth, method)
-    ref = _unrolled(model, plan).eval()
-    x = ids()
-
-    with run_along(model, plan):
-        loss = model(input_ids=x, labels=x).loss
-    loss.backward()
-    ref_loss = ref(input_ids=x, labels=x).loss
-    ref_loss.backward()
-
-    assert torch.allclose(loss, ref_loss, rtol=0, atol=1e-6), (loss.item(), ref_loss.item())
-    slots = layer_slots(model)
-    assert_grads_are_summed_over_uses(slots, layer_slots(ref), plan, unique)
-    assert all(p.grad is None for u in range(unique, L) for p in slots[u].parameters())
-    assert len(layer_slots(model)) == L and model.config.use_cache is True  # restored
-
-
+# ---- the shared-cache trap ----------------------------------------------------------------------
 def test_llama_without_disabling_the_cache_is_wrong():
     """The control: the naive swap with Llama's default cache gives a different loss (shared layer_idx)."""
     model = make(tiny("llama")).eval()
@@ -83,8 +56,8 @@ def test_llama_without_disabling_the_cache_is_wrong():
     assert not torch.allclose(naive, ref, atol=1e-4)
 
 
-# ---- FLOPs against FlopCounterMode ---------------------------------------------------------------
-BATCH, SEQ, WIDTH, FLOP_VOCAB = 2, 32, 64, 1000
+# ---- FLOPs: hand formulas and the fused CPU kernel ------------------------------------------------
+BATCH, SEQ, WIDTH, FLOP_VOCAB, INNER = 2, 32, 64, 1000, 48
 
 
 def counted(model, x, backward=False):
@@ -98,40 +71,46 @@ def counted(model, x, backward=False):
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("kind", list(MLP_MATRICES))
-@pytest.mark.parametrize("depth", [1, 3])
-def test_forward_flops_match_flop_counter(kind, attn, depth):
-    # intermediate_size 48 is not a multiple of the width, 2 KV heads for 4 query heads: a formula
-    # that assumed 4x MLPs, 2 MLP matrices or full-width K/V would be off by far more than 1%.
-    config = tiny(kind, depth, FLOP_VOCAB, WIDTH, SEQ)
-    measured = counted(make(config, attn).eval(), ids(FLOP_VOCAB, (BATCH, SEQ)))
-    analytic = forward_flops(config, BATCH, SEQ, depth)
-    assert abs(analytic - measured) / measured < 0.01, (analytic, measured)
+def test_llama_count_is_the_hand_formula():
+    """Llama's layer, counted from its modules: Q and O at the width, K and V at half of it (2 key/value
+    heads for 4 query heads), 3 MLP matrices (gated) of an inner size that is no multiple of the width,
+    and the full T x T attention products; the head is one width -> vocabulary matmul."""
+    config = tiny("llama", 1, FLOP_VOCAB, WIDTH, SEQ, INNER)
+    tokens = BATCH * SEQ
+    projections = 2 * tokens * (2 * WIDTH * WIDTH + 2 * WIDTH * WIDTH // 2 + 3 * WIDTH * INNER)
+    layer = projections + 4 * BATCH * SEQ * SEQ * WIDTH
+    assert forward_flops(config, BATCH, SEQ, 1) - forward_flops(config, BATCH, SEQ, 0) == layer
+    assert forward_flops(config, BATCH, SEQ, 0) == 2 * tokens * WIDTH * FLOP_VOCAB
 
 
-@pytest.mark.parametrize("kind", list(MLP_MATRICES))
-def test_training_flops_match_flop_counter(kind):
-    """Forward + backward = 3 x forward with eager attention. CPU SDPA (no attention dropout in these
-    families, so the fused kernel runs in training too) recomputes the scores Q K^T in its backward:
-    the counter then sees exactly that one product more per layer, which the 3x rule does not count."""
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3_moe"])
+def test_moe_count_is_the_executed_top_k_experts(kind):
+    """Every layer MoE: each token runs its top-k experts (here 2 of 4, gated: 3 matrices of INNER) and
+    the router (width -> experts), not all experts. The walk checks the same count against FlopCounterMode
+    on the eager experts loop, which runs exactly the routed (token, expert) pairs."""
+    config = tiny(kind, 1, FLOP_VOCAB, WIDTH, SEQ, INNER)
+    assert (config.num_experts_per_tok, getattr(config, "num_local_experts", None) or config.num_experts) == (2, 4)
+    tokens = BATCH * SEQ
+    attention = 2 * tokens * (2 * WIDTH * WIDTH + 2 * WIDTH * WIDTH // 2) + 4 * BATCH * SEQ * SEQ * WIDTH
+    experts = 2 * tokens * (2 * 3 * WIDTH * INNER + WIDTH * 4)
+    assert forward_flops(config, BATCH, SEQ, 1) - forward_flops(config, BATCH, SEQ, 0) == attention + experts
+    x = ids(FLOP_VOCAB, (BATCH, SEQ))
+    model = make(config, "eager").eval()
+    model.set_experts_implementation("eager")
+    assert counted(model, x) == forward_flops(config, BATCH, SEQ, 1)
+
+
+def test_training_flops_match_flop_counter():
+    """Forward + backward = 3 x forward with eager attention. CPU SDPA (no attention dropout in Llama, so the
+    fused kernel runs in training too) recomputes the scores Q K^T in its backward: the counter then sees
+    exactly that one product more per layer, which the 3x rule does not count."""
     depth = 3
-    config = tiny(kind, depth, FLOP_VOCAB, WIDTH, SEQ)
+    config = tiny("llama", depth, FLOP_VOCAB, WIDTH, SEQ)
     x = ids(FLOP_VOCAB, (BATCH, SEQ))
     analytic = training_flops(config, BATCH, SEQ, depth)
-    eager = counted(make(config, "eager").train(), x, backward=True)
-    assert abs(analytic - eager) / eager < 0.01, (analytic, eager)
+    assert counted(make(config, "eager").train(), x, backward=True) == analytic
     sdpa = counted(make(config, "sdpa").train(), x, backward=True)
-    q_width = config.num_attention_heads * (getattr(config, "head_dim", None) or WIDTH // 4)
-    assert sdpa - analytic == depth * 2 * BATCH * SEQ * SEQ * q_width
-
-
-def test_gated_and_grouped_shapes_are_used():
-    """Llama's layer = 2 (Q, O) + 2 x 1/2 (K, V at half width) projections, 3 MLP matrices."""
-    config = tiny("llama", 1, FLOP_VOCAB, WIDTH, SEQ)
-    tokens = BATCH * SEQ
-    expected = 2 * tokens * (3 * WIDTH * WIDTH + 3 * WIDTH * 48) + 4 * BATCH * SEQ * SEQ * WIDTH
-    assert forward_flops(config, BATCH, SEQ, 1) - forward_flops(config, BATCH, SEQ, 0) == expected
+    assert sdpa - analytic == depth * 2 * BATCH * SEQ * SEQ * WIDTH
 
 
 # ---- refusals, from the config ---------------------------------------------------------------------
@@ -145,8 +124,11 @@ def test_gated_and_grouped_shapes_are_used():
     ("roberta", {}, "encoder (masked LM)"),
     ("modernbert", {}, "encoder (masked LM)"),
     ("t5", {}, "encoder-decoder"),
-    ("mixtral", dict(num_hidden_layers=2, hidden_size=32, intermediate_size=32, num_attention_heads=4,
-                     num_key_value_heads=2), "no FLOPs formula"),
+    ("diffllama", {}, "settings that depend on the layer index (self_attn.lambda_init)"),
+    ("dory", {}, "layers run in loops"),
+    ("rwkv", {}, "do not all have the same modules and shapes"),
+    ("jetmoe", {}, "data-dependent shapes"),
+    ("mamba", {}, "not the 3 x of the training FLOPs rule"),
 ])
 def test_refused_with_reason(kind, overrides, reason):
     why = check_family(build_config(kind, overrides))
@@ -161,21 +143,26 @@ def test_kv_sharing_and_per_layer_overrides_are_refused():
 
 
 def test_blocks_that_differ_are_refused_even_when_the_config_does_not_say(monkeypatch):
-    real = AutoModelForCausalLM.from_config
-
     def one_odd_block(config, **kw):
-        model = real(config, **kw)
+        model = build_model(config, **kw)
         layer_slots(model)[2].mlp.down_proj = torch.nn.Linear(48, 32, bias=True)  # one block with a bias
         return model
 
-    monkeypatch.setattr(families.AutoModelForCausalLM, "from_config", one_odd_block)
+    def one_odd_setting(config, **kw):
+        model = build_model(config, **kw)
+        layer_slots(model)[3].self_attn.scaling *= 2  # one block scales its scores differently
+        return model
+
+    monkeypatch.setattr(families, "build_model", one_odd_block)
     assert "do not all have the same modules and shapes" in check_family(tiny("llama"))
-    monkeypatch.setattr(families.AutoModelForCausalLM, "from_config", real)
+    monkeypatch.setattr(families, "build_model", one_odd_setting)
+    assert "depend on the layer index (self_attn.scaling)" in check_family(tiny("llama"))
+    monkeypatch.setattr(families, "build_model", build_model)
     assert check_family(tiny("llama")) is None
 
 
 def test_overrides_rebuild_derived_fields():
-    config = tiny("llama", width=64)
+    config = build_config("llama", dict(hidden_size=64, num_attention_heads=4))
     assert config.head_dim == 16  # 64 // 4, not the default config's 128
     with pytest.raises(ValueError, match="isn't in the"):
         families.parse_overrides("no_such_field=3", config)
