@@ -16,7 +16,7 @@ class Sizes:
     layers: int = 4
     width: int = 32
     heads: int = 4
-    kv_heads: int = 2  # where the family groups keys and values, or derives their number (None)
+    kv_heads: int = 2  # key/value heads: grouped-query attention (see shrink_overrides)
     head_dim: int = 8
     inner: int = 48  # every MLP / expert width, where the family's is larger
     vocab: int = 512
@@ -49,15 +49,17 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def shrink_overrides(default, sizes: Sizes = Sizes()) -> dict:
-    """Constructor arguments that shrink `default` (a family's default config) to `sizes`."""
+def shrink_overrides(default, sizes: Sizes = Sizes(), group_kv: bool = True) -> dict:
+    """Constructor arguments that shrink `default` (a family's default config) to `sizes`. Key/value heads:
+    `sizes.kv_heads` wherever the family has the field (grouped-query attention, also for a family whose
+    default has full attention) unless `group_kv` is False; multi-query families keep 1."""
     fields, wanted = default.to_dict(), asdict(sizes)
     out = {name: wanted[size] for size, names in NAMES.items() for name in names if _is_int(fields.get(name))}
     heads = next((fields[n] for n in NAMES["heads"] if _is_int(fields.get(n))), None)
-    for name in KV_HEAD_NAMES:  # grouped where the family can group (None: derived), else as the family has it
+    for name in KV_HEAD_NAMES:  # multi-query stays so; full attention is grouped only when asked to
         if name in fields:
             value = fields[name]
-            out[name] = 1 if value == 1 else sizes.heads if value == heads else sizes.kv_heads
+            out[name] = 1 if value == 1 else sizes.heads if value == heads and not group_kv else sizes.kv_heads
     out |= {name: sizes.head_dim // 2 for name in ROTARY_NAMES if _is_int(fields.get(name))}
     out |= {name: sizes.inner for name, value in fields.items()
             if _is_int(value) and value > sizes.inner and any(part in name for part in INNER_NAME_PARTS)}
@@ -67,9 +69,9 @@ def shrink_overrides(default, sizes: Sizes = Sizes()) -> dict:
     return out
 
 
-def small_config(model_type: str, sizes: Sizes = Sizes()):
+def small_config(model_type: str, sizes: Sizes = Sizes(), group_kv: bool = True):
     """The family's default config, shrunk to `sizes` by rule."""
-    config = CONFIG_MAPPING[model_type](**shrink_overrides(CONFIG_MAPPING[model_type](), sizes))
+    config = CONFIG_MAPPING[model_type](**shrink_overrides(CONFIG_MAPPING[model_type](), sizes, group_kv))
     if getattr(config, "num_hidden_layers", None) != sizes.layers:
         raise ValueError(f"the shrunk {model_type} config has {getattr(config, 'num_hidden_layers', None)} layers, "
                          f"not {sizes.layers}: its depth is a field the rule does not know")

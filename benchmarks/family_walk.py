@@ -12,7 +12,9 @@ For each `model_type` of `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES` (and BERT):
   not tried  run_pretrain accepts it, but no tiny model could be built by rule (the reason says why);
   trained    a tiny config built by rule (apollo/small_configs.py: width, heads, key/value heads, head
              sizes, layers, intermediate sizes, vocabulary, positions and experts shrunk, whatever the
-             family calls them) passes every check below;
+             family calls them; 2 key/value heads for 4 query heads wherever the family has the field,
+             else, or where its tiny grouped config is refused, as its default has them) passes every
+             check below;
   failed     run_pretrain accepts it but a check fails: a defect, which the test suite does not allow.
 Checks on the tiny model (cache left on, as the family's default config has it):
   shared     a pass along a plan of shared blocks (2 unique, 4 positions) equals an explicitly unrolled
@@ -57,7 +59,7 @@ from apollo.growth import grow_layers  # noqa: E402
 from apollo.kinds import attention_implementation, build_model, kind_of  # noqa: E402
 from apollo.plan import depth_plan, growth_map  # noqa: E402
 from apollo.shared_layers import layer_slots, run_along  # noqa: E402
-from apollo.small_configs import Sizes, small_config  # noqa: E402
+from apollo.small_configs import KV_HEAD_NAMES, Sizes, small_config  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "family_walk.json"
 README = REPO / "README.md"
@@ -67,6 +69,28 @@ TINY = Sizes()  # 4 layers, width 32, 4 query / 2 key-value heads of 8, MLP 48, 
 LAYERS = TINY.layers
 BATCH, SEQ = 1, 16  # the shape apollo.families checks FLOPs at: one count serves both
 TOLERANCE = 1e-5
+
+
+def tiny_config(kind: str):
+    """(config, None), or (None, why not): the family shrunk by rule, with grouped keys and values where its
+    code takes them; a family whose tiny grouped config fails to build or is refused (multi-head latent
+    attention reads the key/value head count otherwise) keeps its default's full attention."""
+    why = None
+    for group_kv in (True, False):
+        try:
+            config = small_config(kind, TINY, group_kv)
+        except Exception as err:  # the family's constructor rejects the shrunk values
+            why = f"no tiny config by rule: {one_line(err)}"
+            continue
+        refused = check_family(config)
+        if refused is None:
+            return config, None
+        why = f"the tiny config by rule is refused: {refused}"
+    return None, why
+
+
+def _kv_heads(config):
+    return next((getattr(config, name) for name in KV_HEAD_NAMES if getattr(config, name, None) is not None), None)
 
 
 def run_pretrain_refusal(kind: str) -> str | None:
@@ -177,13 +201,9 @@ def sort_family(kind: str, corpus: list[str] | None = None) -> dict:
     why = run_pretrain_refusal(kind)
     if why is not None:
         return {"column": "refused", "reason": why}
-    try:
-        config = small_config(kind, TINY)
-    except Exception as err:  # the family's constructor rejects the shrunk values
-        return {"column": "not tried", "reason": f"no tiny config by rule: {one_line(err)}"}
-    why = check_family(config)
+    config, why = tiny_config(kind)
     if why is not None:
-        return {"column": "not tried", "reason": f"the tiny config by rule is refused: {why}"}
+        return {"column": "not tried", "reason": why}
     checks = {}
     try:
         checks["shared"] = check_shared(config)
@@ -193,10 +213,11 @@ def sort_family(kind: str, corpus: list[str] | None = None) -> dict:
             if corpus is not None:
                 checks["run"] = run_entry_point(config, Path(tmp) / "run", corpus)
     except Exception as err:
-        return {"column": "failed", "reason": f"a check raised {one_line(err)}", "checks": checks}
+        return {"column": "failed", "reason": f"a check raised {one_line(err)}", "kv_heads": _kv_heads(config),
+                "checks": checks}
     failed = [name for name, result in checks.items() if not result["ok"]]
-    column = "failed" if failed else "trained"
-    return {"column": column, "reason": f"failed: {', '.join(failed)}" if failed else "", "checks": checks}
+    return {"column": "failed" if failed else "trained", "reason": f"failed: {', '.join(failed)}" if failed else "",
+            "kv_heads": _kv_heads(config), "checks": checks}
 
 
 def run_entry_point(config, folder: Path, corpus: list[str]) -> dict:

@@ -122,7 +122,7 @@ def test_llama_example_scripts_and_one_stage_equals_scratch(tiny_corpus, tmp_pat
     ("gemma2", "num_hidden_layers=4", "layer_types has per-layer values"),
     ("qwen2", "num_hidden_layers=4,use_sliding_window=true,max_window_layers=2", "layer_types has per-layer values"),
     ("roberta", "num_hidden_layers=2", "encoder (masked LM)"),
-    ("mamba", "num_hidden_layers=2", "not the 3 x of the training FLOPs rule"),
+    ("diffllama", "num_hidden_layers=2", "settings that depend on the layer index"),
     ("jetmoe", "num_hidden_layers=2", "data-dependent shapes"),
 ])
 def test_refused_family_exits_2_with_one_line(tiny_corpus, tmp_path, kind, overrides, reason):

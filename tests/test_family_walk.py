@@ -40,10 +40,10 @@ def walked():
 
 
 def _essentials(row: dict) -> dict:
-    """What must not change silently: the column, the reason, and for trained families the counted FLOPs
-    of the tiny model (layer and head) and which checks passed."""
+    """What must not change silently: the column, the reason, and for trained families the tiny model's
+    key/value heads, its counted FLOPs (layer and head) and which checks passed."""
     checks = row.get("checks", {})
-    return {"column": row["column"], "reason": row["reason"],
+    return {"column": row["column"], "reason": row["reason"], "kv_heads": row.get("kv_heads"),
             "flops": {k: checks["flops"][k] for k in ("layer", "head")} if "flops" in checks else None,
             "passed": sorted(name for name, result in checks.items() if result["ok"] and name != "run")}
 
@@ -86,7 +86,7 @@ def test_config_folder_trains_with_apollo_and_saves_a_plain_model(kind, tiny_cor
     """A Granite (Llama-shaped blocks with scalar multipliers), a Qwen3 (head_dim of its own) and a Qwen3-MoE
     (every layer MoE) config folder: Apollo 1 -> 4 blocks through run_pretrain.py, then the saved model
     loads with no missing or unexpected weights and the tokenizer's special ids are the config's."""
-    config = family_walk.small_config(kind, family_walk.TINY)
+    config, _ = family_walk.tiny_config(kind)
     result = family_walk.run_entry_point(config, tmp_path, tiny_corpus)
     assert result["ok"], result
     assert [r["map"] for r in read_jsonl(tmp_path / "out" / "metrics.jsonl") if r.get("event") == "growth"] == \
@@ -97,11 +97,12 @@ def test_config_folder_trains_with_apollo_and_saves_a_plain_model(kind, tiny_cor
 
 def test_the_checks_fail_when_planted(monkeypatch):
     """The walk's checks have power: a FLOPs count with K and V at the query width, and a shared pass that
-    leaves the key/value cache on, are each caught on a tiny Llama (grouped keys and values, cache on)."""
+    leaves the key/value cache on, are each caught on a tiny Qwen3 (2 key/value heads for 4, cache on)."""
     from apollo import flops
     from apollo.shared_layers import find_layer_list
 
-    config = family_walk.small_config("llama", family_walk.TINY)
+    config, _ = family_walk.tiny_config("qwen3")
+    assert config.num_key_value_heads < config.num_attention_heads and config.use_cache
     assert family_walk.check_flops(config)["ok"] and family_walk.check_shared(config)["ok"]
 
     real_fake_model = flops.fake_model
