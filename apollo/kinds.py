@@ -85,10 +85,11 @@ def _decoder_special_tokens(model_type: str) -> dict[str, str]:
 
 
 def max_positions(config) -> int | None:
-    """The longest sequence the config's position embeddings allow, or None where nothing bounds it."""
+    """The longest sequence the config's position embeddings allow, or None where nothing bounds it
+    (no such field, or a value below 1: XLNet's -1 means unbounded)."""
     for name in POSITION_FIELDS:
         value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
 
