@@ -196,10 +196,15 @@ def cut(documents, max_bytes: int | None):
     return out
 
 
-def holdout(num_paragraphs: int) -> list[tuple[int, int]]:
+def split(paragraphs: list[str]) -> tuple[list[str], list[str], list[tuple[int, int]]]:
+    """(train, validation, held-out runs): what run_pretrain.py holds out of these paragraphs by default."""
     from apollo.data import holdout_runs  # the data path's own hold-out (imports torch: a few seconds)
 
-    return holdout_runs(num_paragraphs, VALIDATION_PERCENT)
+    runs = holdout_runs(len(paragraphs), VALIDATION_PERCENT)
+    held = [False] * len(paragraphs)
+    for a, b in runs:
+        held[a:b] = [True] * (b - a)
+    return ([p for p, h in zip(paragraphs, held) if not h], [p for p, h in zip(paragraphs, held) if h], runs)
 
 
 def build(pins, debs_dir: Path, max_bytes: int | None = None, latest: bool = False) -> tuple[dict[str, bytes], dict]:
@@ -207,12 +212,9 @@ def build(pins, debs_dir: Path, max_bytes: int | None = None, latest: bool = Fal
     corpus = extract(pins, debs_dir, latest)
     documents = cut(stored_order(corpus, pins), max_bytes)
     paragraphs = [p for _, _, ps in documents for p in ps]
-    runs = holdout(len(paragraphs))
-    held = [False] * len(paragraphs)
-    for a, b in runs:
-        held[a:b] = [True] * (b - a)
-    files = {"train.txt": "".join(p + "\n" for p, h in zip(paragraphs, held) if not h).encode(),
-             "validation.txt": "".join(p + "\n" for p, h in zip(paragraphs, held) if h).encode()}
+    train, validation, runs = split(paragraphs)
+    files = {"train.txt": "".join(p + "\n" for p in train).encode(),
+             "validation.txt": "".join(p + "\n" for p in validation).encode()}
     rows, start = ["package\tpath\tfirst_paragraph\tparagraphs\n"], 0
     for pkg, path, ps in documents:
         rows.append(f"{pkg}\t{path}\t{start}\t{len(ps)}\n")

@@ -99,10 +99,9 @@ def pod_paragraphs(source: str) -> tuple[list[str], int]:
         block = block.strip("\n")
         if not block:
             continue
-        if skip_until is not None:  # inside =begin X ... =end X
+        if skip_until is not None:  # inside =begin X ... =end X (counted once, at =begin)
             if block.startswith(skip_until):
                 skip_until = None
-            code += 1
             continue
         if block.startswith("=begin"):
             parts = block.split()
