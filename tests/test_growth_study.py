@@ -14,6 +14,8 @@ from pathlib import Path
 
 from conftest import REPO, read_jsonl, subprocess_env
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+
 
 def study(tmp: Path, tiny_corpus, *args) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "benchmarks" / "growth_study.py"), *args, "--preset", "tiny",
@@ -52,3 +54,39 @@ def test_gate_runs_reports_and_blocks_the_study(tmp_path, tiny_corpus):
     assert again.returncode == 0 and "[compare] start" not in again.stdout  # finished runs are not repeated
     refused = study(tmp_path, tiny_corpus, "sweep", "--gate_depths", "1,2", "--gate_steps", "3")
     assert refused.returncode != 0 and "the gate has not passed" in refused.stderr
+
+
+DOCS_FIXTURE = REPO / "tests" / "fixtures" / "docs_corpus" / "expected"  # a corpus the docs builder wrote
+
+
+def test_a_corpus_preset_refuses_an_unbuilt_corpus_and_trains_on_a_built_one(tmp_path):
+    base = [sys.executable, str(REPO / "benchmarks" / "growth_study.py"), "gate", "--dry_run",
+            "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")]
+    (tmp_path / "docs").mkdir()
+    refused = subprocess.run(base + ["--preset", "cpu-docs", "--corpus", str(tmp_path / "docs")], cwd=REPO,
+                             env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "is not built" in refused.stderr and "build_docs_corpus.py" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+    for preset in ("cpu-docs", "gpu"):  # the GPU preset takes the same corpus instead of a Hub download
+        ok = subprocess.run(base + ["--preset", preset, "--corpus", str(DOCS_FIXTURE)], cwd=REPO,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        probe = ok.stdout.split()
+        folder = "tests/fixtures/docs_corpus/expected"  # relative to the repository: the run folder's hash is too
+        assert probe[probe.index("--train_file") + 1] == f"{folder}/train.txt"
+        assert probe[probe.index("--validation_file") + 1] == f"{folder}/validation.txt"
+        assert "--dataset_dir" not in probe
+
+
+def test_epoch_length_is_read_from_a_run_on_the_same_data(tmp_path):
+    import growth_study
+
+    runs = tmp_path / "runs"
+    for name, train_file, steps in (("a-embedded", None, 761), ("b-docs", ["tests/fixtures/docs_corpus/expected/train.txt"], 7000)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "run_config.json").write_text(json.dumps({
+            "max_seq_length": 128, "per_device_train_batch_size": 16, "tokenizer_vocab_size": 2048,
+            "train_file": train_file, "dataset_dir": None, "steps_per_epoch": steps}))
+    docs = growth_study.parse_args(["gate", "--preset", "cpu-docs", "--corpus", str(DOCS_FIXTURE), "--runs_dir", str(runs)])
+    assert growth_study.one_epoch_steps(docs) == 7000
+    assert growth_study.one_epoch_steps(growth_study.parse_args(["gate", "--preset", "cpu", "--runs_dir", str(runs)])) == 761
