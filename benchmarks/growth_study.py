@@ -30,7 +30,8 @@ Methods (all GPT-2, same data, tokenizer, batch, token budget, schedule shape, e
   apollo_knobs Apollo with the knob settings of --knobs (growth warmup, growth noise, WSD)
 
 Every run is a `run_pretrain.py` command; its folder is named by a hash of the command, so
-re-running a phase skips finished runs (resume a killed study by running it again). Results go to
+re-running a phase skips finished runs and continues a stopped one from its newest checkpoint (saved
+every 5% of a run, and on SIGTERM/SIGINT): resume a killed study by running it again. Results go to
 benchmarks/results/growth_study/<preset>/ (summary.json, tables, figure); run folders (models,
 not committed) to runs/growth_study/.
 """
@@ -282,13 +283,35 @@ def run_jobs(args, jobs) -> None:
     from compare import is_done
 
     todo = [(m, out, cmd) for m, out, cmd, _ in jobs if not is_done(out, cmd) and not _failed(out, cmd)]
+    launched = {out: launch_command(out, cmd) for _, out, cmd in todo}
     if args.dry_run:
-        for _, out, cmd in todo:
-            print("python run_pretrain.py", " ".join(cmd), "--output_dir", out)
+        for _, out, _ in todo:
+            print("python run_pretrain.py", " ".join(launched[out]), "--output_dir", out)
         return
-    execute(todo, args, allow_failure=True)
-    for _, out, cmd, meta in jobs:
-        (out / "study_meta.json").write_text(json.dumps({**meta, "cmd": cmd}))
+    try:
+        execute([(m, out, launched[out]) for m, out, _ in todo], args, allow_failure=True)
+    finally:  # also when a stopped run ends the study: what finished is recorded under its own command
+        for _, out, cmd, meta in jobs:
+            for marker in (out / "compare_cmd.json", out / "compare_failed.json"):
+                if out in launched and marker.exists() and json.loads(marker.read_text()) == launched[out]:
+                    marker.write_text(json.dumps(cmd))
+            if out.is_dir():
+                (out / "study_meta.json").write_text(json.dumps({**meta, "cmd": cmd}))
+
+
+CHECKPOINTS_PER_RUN = 20  # a run stopped by a signal or killed outright loses at most 5% of its steps
+
+
+def launch_command(out: Path, cmd: list[str]) -> list[str]:
+    """A run's command as launched: with periodic checkpoints, and from its newest checkpoint when a stopped run
+    left one (SIGTERM/SIGINT also save one) instead of from scratch. These flags change when a run saves, not
+    what it computes (resume is exact), so they are not part of its command: its folder's hash or compare_cmd.json."""
+    steps = int(cmd[cmd.index("--max_train_steps") + 1])
+    flags = ["--save_strategy", "steps", "--save_steps", str(max(1, steps // CHECKPOINTS_PER_RUN)),
+             "--save_total_limit", "2"]
+    if any(out.glob("checkpoint-*/trainer_state.json")):
+        flags += ["--resume_from_checkpoint", "latest"]
+    return cmd + flags
 
 
 def _failed(out: Path, cmd) -> bool:

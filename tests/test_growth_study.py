@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
-from conftest import REPO, read_jsonl, subprocess_env
+import torch
+
+from conftest import REPO, final_weights, read_jsonl, subprocess_env
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -52,6 +55,22 @@ def test_gate_runs_reports_and_blocks_the_study(tmp_path, tiny_corpus):
 
     again = study(tmp_path, tiny_corpus, "gate", "--gate_depths", "1,2", "--gate_steps", "3")
     assert again.returncode == 0 and "[compare] start" not in again.stdout  # finished runs are not repeated
+
+    # A run stopped after its checkpoint at step 2 goes on from there when the study runs again, and ends
+    # exactly where it ended uninterrupted (the checkpoints come from the study's periodic saves).
+    row = next(r for r in gate["rows"] if r["depth"] == 2)
+    run = tmp_path / "runs" / row["run"]
+    uninterrupted = final_weights(run)
+    (run / "model.safetensors").unlink()
+    (run / "compare_cmd.json").unlink()
+    shutil.rmtree(run / "checkpoint-3")
+    resumed = study(tmp_path, tiny_corpus, "gate", "--gate_depths", "1,2", "--gate_steps", "3")
+    assert resumed.returncode == 0 and resumed.stdout.count("[compare] start") == 1, resumed.stderr[-3000:]
+    assert f"Resumed from {run / 'checkpoint-2'} at step 2" in (tmp_path / "runs" / "logs" / f"{run.name}.log").read_text()
+    assert all(torch.equal(w, final_weights(run)[k]) for k, w in uninterrupted.items())
+    assert json.loads((run / "compare_cmd.json").read_text()) == row["cmd"]  # done, under the run's own command
+    evals = [r for r in read_jsonl(run / "metrics.jsonl") if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2, 3] and evals[-1]["eval_loss"] == finals[2]  # none twice
     refused = study(tmp_path, tiny_corpus, "sweep", "--gate_depths", "1,2", "--gate_steps", "3")
     assert refused.returncode != 0 and "the gate has not passed" in refused.stderr
 
