@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from corpus_files import check_files, write_files  # noqa: E402
 from debian_packages import PackageError, Pin, fetch, read_files, sha256_file  # noqa: E402
 from prose_extract import (EXTRACTORS, MIN_ASCII_SHARE, MIN_CHARS, MIN_LETTER_SHARE, is_prose,  # noqa: E402
                            near_duplicate_key)
@@ -325,15 +326,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     files, manifest = build(load_pins(args.pins), args.debs, args.max_bytes, args.latest)
     if args.check:
-        stale = [n for n, data in files.items()
-                 if not (args.out / n).is_file() or (args.out / n).read_bytes() != data]
-        print("up to date" if not stale else f"differs: {', '.join(stale)}")
-        return 1 if stale else 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        tmp = args.out / f".{name}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(args.out / name)  # atomic: a reader never sees half a file
+        return check_files(files, args.out)
+    write_files(files, args.out)
     o = manifest["outputs"]
     print(f"{args.out}: {manifest['paragraphs']:,} paragraphs from {manifest['documents']:,} documents of "
           f"{len(manifest['packages'])} packages; train.txt {o['train.txt']['bytes']:,} bytes, validation.txt "
