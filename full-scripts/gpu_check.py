@@ -9,7 +9,8 @@ RESULTS_DIR/<check>.log (default RESULTS_DIR: logs/gpu_check) and a time limit (
   bf16        Apollo (layers 1,3,6,12 ending at steps 4,8,20,40; evaluation; checkpoints) on a small BERT
   fp16        the same in fp16 (Accelerate's gradient scaler)
   compile     the same in bf16 with --torch_compile (each block compiled); fails on more than MAX_RECOMPILES
-              (default 2) recompilations, counted from TORCH_LOGS=recompiles
+              (default 2) recompilations (TORCH_LOGS=recompiles); reports the shapes dynamo made dynamic
+              (TORCH_LOGS=dynamic); evaluation uses a smaller batch than training, as the full scripts do
   bert_base   BERT-Base (the library's default config: 12 x 768, vocabulary 30522), 48 x 512, bf16, 30 steps
   gpt2_base   GPT2-Base (default config, vocabulary 50257), 12 x 1024, bf16, 30 steps
   data_path   benchmarks/data_path.py: the data path's share of bert_base's measured step, in the training
@@ -97,23 +98,27 @@ def checks(results: Path) -> list[Check]:
     if ON_CPU:
         small = ["--config_overrides", "num_hidden_layers=12,hidden_size=16,num_attention_heads=2,intermediate_size=32",
                  "--max_seq_length", 32, "--per_device_train_batch_size", 4, "--max_train_steps", 8,
-                 "--apollo_step_list", "1,2,4,8", "--max_eval_samples", 8, "--eval_steps", 4, "--save_steps", 4]
+                 "--apollo_step_list", "1,2,4,8", "--max_eval_samples", 8, "--per_device_eval_batch_size", 2,
+                 "--eval_steps", 4, "--save_steps", 4]
         bert = ["--config_overrides", "vocab_size=30522,num_hidden_layers=2,hidden_size=32,num_attention_heads=2,"
-                                      "intermediate_size=64", "--max_seq_length", 64, "--per_device_train_batch_size", 4]
+                "intermediate_size=64", "--max_seq_length", 64, "--per_device_train_batch_size", 4]
         gpt2 = ["--config_overrides", "vocab_size=50257,n_layer=2,n_embd=32,n_head=2", "--max_seq_length", 64,
                 "--per_device_train_batch_size", 4]
         base_steps, scratch_shape = 6, "num_hidden_layers=2,hidden_size=32,num_attention_heads=2,intermediate_size=64"
     else:
-        small = ["--config_overrides", "num_hidden_layers=12,hidden_size=256,num_attention_heads=4,intermediate_size=1024",
+        small = ["--config_overrides",
+                 "num_hidden_layers=12,hidden_size=256,num_attention_heads=4,intermediate_size=1024",
                  "--max_seq_length", 128, "--per_device_train_batch_size", 16, "--max_train_steps", 40,
-                 "--apollo_step_list", "4,8,20,40", "--max_eval_samples", 64, "--eval_steps", 20, "--save_steps", 20]
+                 "--apollo_step_list", "4,8,20,40", "--max_eval_samples", 64, "--per_device_eval_batch_size", 8,
+                 "--eval_steps", 20, "--save_steps", 20]
         bert = ["--config_overrides", "vocab_size=30522", "--max_seq_length", 512, "--per_device_train_batch_size", 48]
         gpt2 = ["--config_overrides", "vocab_size=50257", "--max_seq_length", 1024, "--per_device_train_batch_size", 12]
-        base_steps, scratch_shape = 30, "num_hidden_layers=4,hidden_size=256,num_attention_heads=4,intermediate_size=1024"
+        base_steps = 30
+        scratch_shape = "num_hidden_layers=4,hidden_size=256,num_attention_heads=4,intermediate_size=1024"
     apollo = ["--model_type", "bert", *small, "--apollo_layers", "1,3,6,12", "--warmup_ratio", 0.025,
               "--apollo_info_output_file", "schedule"]
     base = ["--max_train_steps", base_steps, "--max_eval_samples", 48, "--eval_steps", 1000, "--save_strategy", "no"]
-    compile_env = {"TORCH_LOGS": "recompiles"}
+    compile_env = {"TORCH_LOGS": "recompiles,dynamic"}
     if ON_CPU:
         compile_env["TORCH_COMPILE_OVERRIDE_BACKENDS"] = ">=0:aot_eager"
     return [
@@ -253,14 +258,17 @@ def figures(run_dir: Path, peak_tflops: float | None) -> dict:
     out = {"steps_timed": len(train) - 1 - first, "processes": world,
            "step_s": round(seconds / (len(train) - 1 - first), 4),
            "tokens_per_s": round((b["tokens"] - a["tokens"]) / seconds, 1)}
-    out["mfu"] = None if peak_tflops is None else round((b["flops"] - a["flops"]) / seconds / (peak_tflops * 1e12 * world), 4)
+    out["mfu"] = None  # no known peak: set PEAK_TFLOPS
+    if peak_tflops is not None:
+        out["mfu"] = round((b["flops"] - a["flops"]) / seconds / (peak_tflops * 1e12 * world), 4)
     return out
 
 
 def data_path_shares(log: Path) -> dict:
     """The data path's share of the step (%), in-process and per loader-worker count, from data_path.py's lines."""
     text = log.read_text()
-    shares = {f"wait_pct_{n}_workers": float(p) for n, p in re.findall(r"(\d+) workers: wait +[\d.]+ ms wall \( *([\d.]+)%\)", text)}
+    waits = re.findall(r"(\d+) workers: wait +[\d.]+ ms wall \( *([\d.]+)%\)", text)
+    shares = {f"wait_pct_{n}_workers": float(p) for n, p in waits}
     found = re.search(r"against your GPU step of [\d.]+ ms: ([\d.]+)% in-process", text)
     return {"in_process_pct": float(found.group(1)) if found else None, **shares}
 
@@ -271,6 +279,43 @@ def peak_tflops(names: list[str]) -> float | None:
     if ON_CPU:  # no table entry for a CPU: MFU only with an explicit PEAK_TFLOPS
         return None
     return next((tf for key, tf in BF16_PEAK_TFLOPS.items() if names and key in names[0]), None)
+
+
+def skip_reason(check: Check, done: dict, gpus: int) -> str | None:
+    if not ON_CPU and done.get("env", {}).get("status") == "failed":
+        return "the env check failed: a run here would not use the GPU"
+    if ON_CPU and check.skip_on_cpu:
+        return check.skip_on_cpu
+    if check.gpus > gpus:
+        return f"needs {check.gpus} GPUs, nvidia-smi lists {gpus}"
+    if check.name == "data_path" and done.get("bert_base", {}).get("status") != "ok":
+        return "needs bert_base's step time"
+    return None
+
+
+def outcome(check: Check, done: dict, gpus: int, results: Path, peak: float | None) -> dict:
+    """Run the check (or say why not) and add its figures; a figure out of bounds fails it."""
+    why_not = skip_reason(check, done, gpus)
+    if why_not:
+        return {"status": "skipped", "detail": why_not}
+    if check.name == "data_path":
+        check.command = data_path_command(1000 * done["bert_base"]["step_s"], results)
+    result = run(check, results)
+    if result["status"] != "ok":
+        return result
+    if check.run_dir is not None:
+        result.update(figures(check.run_dir, peak))
+        if check.gpus > result["processes"]:
+            result.update(status="failed", detail=f"{result['processes']} process(es) trained, not {check.gpus}")
+    if check.name == "data_path":
+        result.update(data_path_shares(Path(result["log"])))
+    if check.name == "compile":
+        text = Path(result["log"]).read_text()
+        result["recompiles"] = text.count("Recompiling function")
+        result["dynamic_symbols"] = text.count("create_symbol")  # shapes compiled as dynamic (reported only)
+        if result["recompiles"] > MAX_RECOMPILES:
+            result.update(status="failed", detail=f"{result['recompiles']} recompilations, more than {MAX_RECOMPILES}")
+    return result
 
 
 def main(argv=None) -> int:
@@ -285,7 +330,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     results.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("APOLLO_CACHE", str(results / "cache"))  # a fresh cache: nothing from elsewhere
+    os.environ.setdefault("APOLLO_CACHE", str(results / "cache"))  # its own cache unless told otherwise
     if ON_CPU:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     peak = peak_tflops(listed)
@@ -293,36 +338,14 @@ def main(argv=None) -> int:
     summary = {"mode": "cpu (GPU_CHECK_ON_CPU=1: a test of this script, not of a GPU)" if ON_CPU else "gpu",
                "nvidia_smi": listed, "peak_bf16_tflops_per_gpu": peak, "checks": {}}
     for check in checks(results):
-        if wanted and check.name not in wanted:
-            continue
-        if check.name == "data_path":
-            step = summary["checks"].get("bert_base", {}).get("step_s")
-            if step is None:
-                summary["checks"][check.name] = report(check.name, {"status": "skipped",
-                                                                    "detail": "needs bert_base's step time"})
-                continue
-            check.command = data_path_command(1000 * step, results)
-        if ON_CPU and check.skip_on_cpu:
-            result = {"status": "skipped", "detail": check.skip_on_cpu}
-        elif check.gpus > len(listed):
-            result = {"status": "skipped", "detail": f"needs {check.gpus} GPUs, nvidia-smi lists {len(listed)}"}
-        else:
-            result = run(check, results)
-        if result["status"] == "ok" and check.run_dir is not None:
-            result.update(figures(check.run_dir, peak))
-            if check.gpus > result["processes"]:
-                result.update(status="failed", detail=f"{result['processes']} process(es) trained, not {check.gpus}")
-        if result["status"] == "ok" and check.name == "data_path":
-            result.update(data_path_shares(Path(result["log"])))
-        if result["status"] == "ok" and check.name == "compile":
-            result["recompiles"] = Path(result["log"]).read_text().count("Recompiling function")
-            if result["recompiles"] > MAX_RECOMPILES:
-                result.update(status="failed", detail=f"{result['recompiles']} recompilations, more than {MAX_RECOMPILES}")
-        summary["checks"][check.name] = report(check.name, result)
+        if not wanted or check.name in wanted:
+            summary["checks"][check.name] = report(check.name, outcome(check, summary["checks"], len(listed), results,
+                                                                       peak))
     failed = [name for name, r in summary["checks"].items() if r["status"] == "failed"]
     summary["exit_status"] = 1 if failed else 0
     (results / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"gpu_check: {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; summary {results / 'summary.json'}")
+    print(f"gpu_check: {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; "
+          f"summary {results / 'summary.json'}")
     return summary["exit_status"]
 
 

@@ -113,7 +113,8 @@ def test_the_scripts_keep_the_papers_global_batch_on_any_gpu_count(script):
         note, cfg, launched = dry_run(script, {"NNODES": str(nodes), "GPUS_PER_NODE": str(gpus)})
         paper = 32 * per_device * accumulation[32]
         assert launched == processes
-        assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (per_device, accumulation[processes])
+        assert cfg.per_device_train_batch_size == per_device
+        assert cfg.gradient_accumulation_steps == accumulation[processes]
         assert note.startswith(f"global batch {paper} blocks = {processes} process")
         assert f"x {per_device} per device x {accumulation[processes]} accumulation (default {paper})" in note
 

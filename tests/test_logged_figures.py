@@ -105,7 +105,8 @@ def assert_figures_are_independent_counts(run_dir, f: Flags) -> None:
     train = [r for r in lines if "loss" in r and "event" not in r]
     growths = [r for r in lines if r.get("event") == "growth"]
     full_depth = AutoConfig.from_pretrained(run_dir).num_hidden_layers
-    assert json.loads((run_dir / "run_config.json").read_text())["num_train_blocks"] == f.blocks  # the data, not the loop
+    # The number of blocks is a fact of the data (the loop's arithmetic starts from it).
+    assert json.loads((run_dir / "run_config.json").read_text())["num_train_blocks"] == f.blocks
     per_epoch, total, ends, layers = step_plan(f, full_depth)
     assert [r["step"] for r in train] == list(range(1, total + 1))
     drawn = {}  # 0-based step -> (stage, unique layers, the depth of each micro-batch)
