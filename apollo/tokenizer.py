@@ -75,6 +75,8 @@ def _wordpiece(texts, vocab_size: int):
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+    if iter(texts) is texts:
+        raise TypeError("_wordpiece reads the texts twice: pass a re-iterable (a list, _Batches), not an iterator")
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The short GPU check: every check runs, any failing check fails the script, one JSON summary.
 
-    full-scripts/gpu_check.sh [RESULTS_DIR]       # 1+ NVIDIA GPUs; about 6 minutes on one H200 (estimate)
+    full-scripts/gpu_check.sh [RESULTS_DIR]       # 1+ NVIDIA GPUs; 6-7 minutes on one H200 (an estimate)
 
 Each check is one process (run_pretrain.py unless said otherwise; `accelerate launch` with 2 processes) with its log in
 RESULTS_DIR/<check>.log (default RESULTS_DIR: logs/gpu_check) and a time limit (CHECK_TIMEOUT_S overrides):
