@@ -78,14 +78,14 @@ flag_value() {
     echo "$value"
 }
 
-# resolve_global_batch PROCESSES DEFAULT USER_FLAGS...: sets PER_DEVICE_BATCH, ACCUM and GLOBAL_BATCH (blocks
-# per optimizer step) so that GLOBAL_BATCH (default DEFAULT) is made by PROCESSES processes, and BATCH_NOTE to
-# a line that says so. Steps per epoch, hence the stage boundaries and the LR schedule, follow the global
+# resolve_global_batch PROCESSES DEFAULT WANTED USER_FLAGS...: sets PER_DEVICE_BATCH, ACCUM and GLOBAL_BATCH
+# (blocks per optimizer step) so that PROCESSES processes make WANTED blocks a step (DEFAULT if empty), and
+# BATCH_NOTE to a line that says so. Steps per epoch, hence the stage boundaries and the LR schedule, follow the global
 # batch, so one the processes cannot make is refused. ACCUM, or the user's --gradient_accumulation_steps,
 # overrides the derived accumulation; the user's --per_device_train_batch_size replaces PER_DEVICE_BATCH.
 resolve_global_batch() {
-    local processes=$1 default=$2
-    shift 2
+    local processes=$1 default=$2 wanted=${3:-$2}
+    shift 3
     local user_batch user_accum
     user_batch=$(flag_value --per_device_train_batch_size "$@")
     user_accum=$(flag_value --gradient_accumulation_steps "$@")
@@ -96,15 +96,14 @@ resolve_global_batch() {
     if [[ -n $ACCUM ]]; then
         [[ $ACCUM =~ ^[1-9][0-9]*$ ]] || die "ACCUM=$ACCUM: not a positive integer"
     else
-        local want=${GLOBAL_BATCH:-$default}
-        [[ $want =~ ^[1-9][0-9]*$ ]] || die "GLOBAL_BATCH=$want: not a positive integer"
-        if ((want % per_micro != 0)); then
-            local lower=$((want / per_micro * per_micro)) upper=$(((want / per_micro + 1) * per_micro))
-            die "GLOBAL_BATCH=$want is not a multiple of $processes processes x $PER_DEVICE_BATCH blocks per device" \
+        [[ $wanted =~ ^[1-9][0-9]*$ ]] || die "GLOBAL_BATCH=$wanted: not a positive integer"
+        if ((wanted % per_micro != 0)); then
+            local lower=$((wanted / per_micro * per_micro)) upper=$(((wanted / per_micro + 1) * per_micro))
+            die "GLOBAL_BATCH=$wanted is not a multiple of $processes processes x $PER_DEVICE_BATCH blocks per device" \
                 "= $per_micro; set GLOBAL_BATCH=$( ((lower > 0)) && echo "$lower or $upper" || echo "$upper")," \
                 "or ACCUM, or another --per_device_train_batch_size"
         fi
-        ACCUM=$((want / per_micro))
+        ACCUM=$((wanted / per_micro))
     fi
     GLOBAL_BATCH=$((per_micro * ACCUM))
     local noun=processes
@@ -134,9 +133,10 @@ launch() {
         export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
         OUTPUT_DIR=${OUTPUT_DIR:-$REPO_ROOT/runs/smoke/$run_name}
         LOG_DIR=${LOG_DIR:-$REPO_ROOT/logs/smoke/$run_name}
-        # 2 blocks per process; the script's accumulation unless ACCUM (or GLOBAL_BATCH) says otherwise.
+        # 2 blocks per process and the script's accumulation unless ACCUM says otherwise (GLOBAL_BATCH, meant
+        # for the full-scale runs, is ignored: it would make the smoke run as large).
         PER_DEVICE_BATCH=2
-        resolve_global_batch 2 $((2 * 2 * PAPER_ACCUM)) "${user[@]}"
+        resolve_global_batch 2 $((2 * 2 * PAPER_ACCUM)) "" "${user[@]}"
         # One optimizer step per epoch: as many training blocks as one global batch.
         smoke=(--cpu --config_overrides "$SMOKE_MODEL" --max_seq_length 32
                --max_train_samples "$GLOBAL_BATCH" --max_eval_samples 8 --per_device_eval_batch_size 4
@@ -152,7 +152,8 @@ launch() {
             ACCUM=${ACCUM:-$PAPER_ACCUM} BATCH_NOTE=
         else
             resolve_topology
-            resolve_global_batch $((NNODES * GPUS_PER_NODE)) $((PAPER_GPUS * PER_DEVICE_BATCH * PAPER_ACCUM)) "${user[@]}"
+            resolve_global_batch $((NNODES * GPUS_PER_NODE)) $((PAPER_GPUS * PER_DEVICE_BATCH * PAPER_ACCUM)) \
+                "${GLOBAL_BATCH:-}" "${user[@]}"
         fi
         [[ -n ${DATASET_DIR:-} ]] || die "set DATASET_DIR to a dataset saved by download_train_datasets.py"
         OUTPUT_DIR=${OUTPUT_DIR:-$REPO_ROOT/runs/$run_name}
