@@ -131,6 +131,9 @@ def test_global_batch_overrides_and_refusals():
     assert note.startswith("global batch 768 blocks = 8 processes x 6 per device x 16 accumulation")
     note, cfg, _ = dry_run("gpt2_base_apollo.sh", env, "--gradient_accumulation_steps=5")
     assert cfg.gradient_accumulation_steps == 5 and note.startswith("global batch 480 blocks")
+    # The smoke run keeps its own scale (one step per epoch) whatever GLOBAL_BATCH a full run was given.
+    note, cfg, _ = dry_run("bert_base_apollo.sh", {"APOLLO_SMOKE": "1", "GLOBAL_BATCH": "1536"})
+    assert note.startswith("global batch 4 blocks = 2 processes x 2 per device") and cfg.max_train_samples == 4
     # A global batch the processes cannot make: one line, exit 2, nothing launched.
     for script, gpus, want, near in (("bert_base_apollo.sh", 3, 1536, "1440 or 1584"),
                                      ("gpt2_base_scratch.sh", 5, 768, "720 or 780"),
