@@ -8,7 +8,7 @@
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SCRIPTS_DIR="$REPO_ROOT/full-scripts"
-PAPER_GPUS=32  # the official runs' GPU count; with each script's PER_DEVICE_BATCH and PAPER_ACCUM, the paper's global batch
+PAPER_GPUS=32  # the official runs' GPUs: with a script's PER_DEVICE_BATCH and PAPER_ACCUM, the paper's global batch
 
 die() {
     echo "$(basename "$0"): error: $*" >&2
@@ -80,9 +80,10 @@ flag_value() {
 
 # resolve_global_batch PROCESSES DEFAULT WANTED USER_FLAGS...: sets PER_DEVICE_BATCH, ACCUM and GLOBAL_BATCH
 # (blocks per optimizer step) so that PROCESSES processes make WANTED blocks a step (DEFAULT if empty), and
-# BATCH_NOTE to a line that says so. Steps per epoch, hence the stage boundaries and the LR schedule, follow the global
-# batch, so one the processes cannot make is refused. ACCUM, or the user's --gradient_accumulation_steps,
-# overrides the derived accumulation; the user's --per_device_train_batch_size replaces PER_DEVICE_BATCH.
+# BATCH_NOTE to a line that says so. Steps per epoch, hence the stage boundaries and the LR schedule, follow
+# the global batch, so one the processes cannot make is refused. ACCUM, or the user's
+# --gradient_accumulation_steps, overrides the derived accumulation; the user's --per_device_train_batch_size
+# replaces PER_DEVICE_BATCH.
 resolve_global_batch() {
     local processes=$1 default=$2 wanted=${3:-$2}
     shift 3
@@ -91,7 +92,8 @@ resolve_global_batch() {
     user_accum=$(flag_value --gradient_accumulation_steps "$@")
     PER_DEVICE_BATCH=${user_batch:-$PER_DEVICE_BATCH}
     ACCUM=${user_accum:-${ACCUM:-}}
-    [[ $PER_DEVICE_BATCH =~ ^[1-9][0-9]*$ ]] || die "--per_device_train_batch_size $PER_DEVICE_BATCH: not a positive integer"
+    [[ $PER_DEVICE_BATCH =~ ^[1-9][0-9]*$ ]] ||
+        die "--per_device_train_batch_size $PER_DEVICE_BATCH: not a positive integer"
     local per_micro=$((processes * PER_DEVICE_BATCH))
     if [[ -n $ACCUM ]]; then
         [[ $ACCUM =~ ^[1-9][0-9]*$ ]] || die "ACCUM=$ACCUM: not a positive integer"
@@ -108,8 +110,8 @@ resolve_global_batch() {
     GLOBAL_BATCH=$((per_micro * ACCUM))
     local noun=processes
     ((processes > 1)) || noun=process
-    BATCH_NOTE="global batch $GLOBAL_BATCH blocks = $processes $noun x $PER_DEVICE_BATCH per device x $ACCUM accumulation"
-    BATCH_NOTE+=" (default $default)"
+    BATCH_NOTE="global batch $GLOBAL_BATCH blocks = $processes $noun x $PER_DEVICE_BATCH per device"
+    BATCH_NOTE+=" x $ACCUM accumulation (default $default)"
 }
 
 # launch RUN_NAME TRAIN_FLAGS... -- USER_FLAGS...: TRAIN_FLAGS are the official settings; data,
