@@ -83,6 +83,9 @@ def run_inprocess(args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
+WALL_CLOCK_FIELDS = ("elapsed_s", "tokens_per_s", "mfu")  # metrics.jsonl fields that vary between identical runs
+
+
 def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
