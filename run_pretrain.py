@@ -19,9 +19,11 @@ each growth (apollo/stage_ddp.py). Every depth plan uses all U trained slots, so
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import signal
@@ -42,6 +44,7 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoM
 from apollo.checkpoint import read_trainer_state, resolve_resume, save_checkpoint
 from apollo import families
 from apollo.config import ConfigError, TrainConfig, parse_config
+from apollo.console import SurvivingStream
 from apollo.data import (EVAL_MASK_SEED, BlockCollator, KeyedBlocks, StepBatchSampler, check_data_args, eval_batches,
                          prepare_first,
                          load_text_splits, token_blocks)
@@ -259,10 +262,17 @@ class StopRequest:
 
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader workers outlive a job-wide SIGTERM/SIGINT (a scheduler signals every process of the
-    job): the rank still needs their batches to finish its step and checkpoint. Workers end with the
-    rank (they watch their parent), or are shut down by the loader as usual."""
+    job): the rank still needs their batches to finish its step and checkpoint. They end when the
+    loader shuts them down, when the rank dies (they watch their parent), or at kill_loader_workers."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def kill_loader_workers() -> None:
+    """At exit (atexit; it runs before multiprocessing's own exit function): workers the loader has not
+    shut down, after an error, would ignore that function's SIGTERM and keep the rank waiting forever."""
+    for worker in multiprocessing.active_children():
+        worker.kill()
 
 
 def step_outcome(accelerator, loss, grad_norm, stop_requested: bool) -> tuple[float, float, bool]:
@@ -485,6 +495,8 @@ def main(argv=None, guard: FailureGuard | None = None) -> None:
                                          pin_memory=accelerator.device.type == "cuda",  # faster, async copies
                                          generator=torch.Generator())  # keeps the global RNG untouched
     batches = iter(loader)
+    if cfg.dataloader_num_workers:
+        atexit.register(kill_loader_workers)
 
     def say(text: str) -> None:
         """One console line; with a progress bar, above it (tqdm redraws the bar below the line)."""
@@ -654,6 +666,8 @@ def cli(argv=None) -> int:
     """Run `main`. A bad flag (exit 2), a non-finite loss (exit 3) or a failure on any rank (exit 1, after
     the traceback) ends with one line on stderr; a failing rank makes every other rank of the job end too."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SurvivingStream(sys.stdout), SurvivingStream(sys.stderr)  # a dead `tee` ends no run
     prog = os.path.basename(sys.argv[0])
     guard = FailureGuard()
     try:
@@ -670,8 +684,8 @@ def cli(argv=None) -> int:
         if earlier:  # a consequence (e.g. gloo's "connection closed by peer"): the first failure is the news
             line = f"rank {guard.rank} stopped: {earlier}"
         else:
-            traceback.print_exc()
             line = guard.announce(err)
+            traceback.print_exc()  # this rank's own failure: the traceback is for debugging it
         sys.stderr.write(f"{prog}: error: {line}\n")
         return 1
     finally:  # main installs preemption handlers; put the caller's back (tests call cli in-process)
@@ -679,6 +693,7 @@ def cli(argv=None) -> int:
         flush_open_logs()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":

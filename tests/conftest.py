@@ -86,6 +86,26 @@ def run_inprocess(args) -> subprocess.CompletedProcess:
 WALL_CLOCK_FIELDS = ("elapsed_s", "tokens_per_s", "mfu")  # metrics.jsonl fields that vary between identical runs
 
 
+def signal_whole_job(pid: int, signum) -> None:
+    """What a batch scheduler does on preemption or cancel: signal every process of the job at once.
+
+    `pid` leads a process group (started with start_new_session). The group holds the shell, `tee`
+    and the launcher; torchrun starts each rank in a session of its own, so the ranks and their
+    DataLoader workers are reached as descendants.
+    """
+    import psutil
+
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signum)
+    for proc in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signum)
+
+
 def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

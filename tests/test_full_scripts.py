@@ -4,13 +4,16 @@ The smoke test runs `APOLLO_SMOKE=1 full-scripts/bert_base_apollo.sh`: the same 
 launch --config_file full-scripts/accelerate_ddp.yaml ... run_pretrain.py <official flags>` as a
 full run, with 2 CPU processes (gloo), a 12-layer 16-wide BERT, the embedded corpus and one
 optimizer step per epoch, so the official 40-epoch schedule (stages at epochs 2, 4, 10) runs in
-40 steps. About a minute on 2 cores.
+40 steps. About a minute on 2 cores. The same run, preempted with loader workers on and resumed, must
+end exactly where it ends uninterrupted.
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,11 +34,18 @@ def run_script(script, env_extra, *args, timeout=600):
     return subprocess.run([str(SCRIPTS / script), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_smoke_mode_runs_two_ranks_through_accelerate_launch(tmp_path):
-    out, logs = tmp_path / "out", tmp_path / "logs"
-    proc = run_script("bert_base_apollo.sh", {"APOLLO_SMOKE": "1", "APOLLO_CACHE": str(tmp_path / "cache"),
-                                               "OUTPUT_DIR": str(out), "LOG_DIR": str(logs)})
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The uninterrupted smoke run: (its folder, its token cache, shared with the preempted runs)."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    proc = run_script("bert_base_apollo.sh", {"APOLLO_SMOKE": "1", "APOLLO_CACHE": str(tmp / "cache"),
+                                               "OUTPUT_DIR": str(tmp / "out"), "LOG_DIR": str(tmp / "logs")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp
+
+
+def test_smoke_mode_runs_two_ranks_through_accelerate_launch(smoke_run):
+    out, logs = smoke_run / "out", smoke_run / "logs"
 
     # The launcher path: accelerate launch with the checked-in config, 2 processes.
     log = (logs / "node-0.log").read_text()
@@ -121,3 +131,48 @@ def test_collator_masks_equal_hugging_face_masking(tmp_path):
         assert torch.equal(ours["input_ids"], reference["input_ids"])
         assert torch.equal(ours["labels"], reference["labels"])
         assert (ours["labels"] != -100).any() and (ours["input_ids"] == tokenizer.mask_token_id).any()
+
+
+def test_preemption_of_every_process_with_loader_workers_checkpoints_and_resumes_exactly(smoke_run, tmp_path):
+    """A scheduler's preemption signals every process of the job: the script's shell and tee, the launcher,
+    the ranks and their 2 DataLoader workers each. Before, the workers died first and the ranks failed with
+    "DataLoader worker ... is killed by signal: Terminated" (no checkpoint); and a dead tee would break
+    the ranks' prints. Now the ranks finish the step and checkpoint, the log keeps their last lines, and
+    RESUME=1 ends bit for bit where the uninterrupted run ended."""
+    from apollo.checkpoint import complete_checkpoints, read_trainer_state
+    from conftest import WALL_CLOCK_FIELDS, final_weights, signal_whole_job
+
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    env = {**os.environ, "APOLLO_SMOKE": "1", "APOLLO_CACHE": str(smoke_run / "cache"), "OUTPUT_DIR": str(out),
+           "LOG_DIR": str(logs), "LOADER_WORKERS": "2"}
+    proc = subprocess.Popen([str(SCRIPTS / "bert_base_apollo.sh")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300  # metrics reach the file at the first logging step (10)
+        while not (out / "metrics.jsonl").exists() or '"loss"' not in (out / "metrics.jsonl").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.02)
+        signal_whole_job(proc.pid, signal.SIGTERM)
+        console, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            signal_whole_job(proc.pid, signal.SIGKILL)
+    [ckpt] = complete_checkpoints(out)
+    stopped = read_trainer_state(ckpt)["step"]
+    assert 10 <= stopped < 40
+    log = (logs / "node-0.log").read_text()
+    assert f"Stop requested: saved a checkpoint at step {stopped}" in log, console[-3000:]
+    assert "is killed by signal" not in log and "BrokenPipeError" not in log
+    assert "exit status" in log.splitlines()[-1]  # the script's shell outlived the signal to log the end
+
+    resumed = run_script("bert_base_apollo.sh", {"APOLLO_SMOKE": "1", "APOLLO_CACHE": str(smoke_run / "cache"),
+                                                 "OUTPUT_DIR": str(out), "LOG_DIR": str(logs), "LOADER_WORKERS": "2",
+                                                 "RESUME": "1"})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"Resumed from {ckpt} at step {stopped}" in resumed.stdout
+    got, want = final_weights(out), final_weights(smoke_run / "out")
+    assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
+    for name in ("apollo_schedule.rank_0", "apollo_schedule.rank_1"):
+        assert lines(out / name) == lines(smoke_run / "out" / name)
+    strip = lambda run: [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in lines(run / "metrics.jsonl")]
+    assert strip(out) == strip(smoke_run / "out")
