@@ -680,6 +680,7 @@ def cli(argv=None) -> int:
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 3
     except Exception as err:  # noqa: BLE001 - anything else: say where, and end the other ranks too
+        guard.close()  # this thread reports now, not the watcher
         earlier = guard.failure_elsewhere()
         if earlier:  # a consequence (e.g. gloo's "connection closed by peer"): the first failure is the news
             line = f"rank {guard.rank} stopped: {earlier}"

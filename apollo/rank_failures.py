@@ -45,6 +45,7 @@ class FailureGuard:
         self.rank, self.step = int(os.environ.get("RANK", "0")), None
         self.store, self.key = None, None
         self.closed = threading.Event()
+        self.reporting = threading.Lock()  # one report per process: the watcher's or the main thread's
 
     def start(self, accelerator) -> None:
         self.rank = accelerator.process_index
@@ -87,7 +88,10 @@ class FailureGuard:
             return None
 
     def close(self) -> None:
-        self.closed.set()
+        """Stop watching (before the run's last collectives, and before reporting a failure of this rank).
+        If the watcher is ending the process at this moment, this waits for that."""
+        with self.reporting:
+            self.closed.set()
 
     def _read(self) -> str | None:
         return self.store.get(self.key).decode() if self.store.check([self.key]) else None
@@ -98,7 +102,11 @@ class FailureGuard:
                 line = self._read()
             except Exception:  # noqa: BLE001 - the main node's launcher no longer answers
                 line = "the job's store stopped answering (the main node's part of the job has ended)"
-            if line and not self.closed.is_set():
+            if not line:
+                continue
+            with self.reporting:
+                if self.closed.is_set():
+                    return
                 flush_open_logs()
                 sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: rank {self.rank} stopped: {line}\n")
                 sys.stderr.flush()

@@ -58,6 +58,7 @@ def one_process(tmp_path_factory, run_args):
 
 
 COUNT_SYNCS = str(REPO / "tests" / "count_syncs.py")
+PEAK = 0.002  # --peak_tflops of the reference run: MFU is per device
 DDP_FOUND_NOTHING = "find_unused_parameters=True was specified in DDP constructor, but did not find any unused"
 
 
@@ -72,7 +73,7 @@ def torchrun(args, *, env_extra=None, entry=None, timeout=300) -> subprocess.Com
 def two_processes(tmp_path_factory, run_args):
     """The 2-process reference run, through tests/count_syncs.py (it only observes: see its docstring)."""
     out = tmp_path_factory.mktemp("two_processes") / "run"
-    result = torchrun(run_args(out, 2, "--save_strategy", "no"), entry=COUNT_SYNCS)
+    result = torchrun(run_args(out, 2, "--save_strategy", "no", "--peak_tflops", PEAK), entry=COUNT_SYNCS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_jsonl(out / "metrics.jsonl")  # rank 0 logged
     (out / "stderr.txt").write_text(result.stderr)
@@ -199,6 +200,16 @@ def test_one_host_sync_and_one_collective_per_steady_state_step(two_processes):
             assert collective.startswith("all_reduce in run_pretrain.py:step_outcome"), (i, collective)
         # The counter sees what it should: evaluations and growths add their own.
         assert any(len(intervals[i]["collectives"]) > 1 for i in range(TOTAL) if "evaluation" in intervals[i]["events"])
+
+
+def test_mfu_is_per_device(two_processes):
+    """The job's FLOPs of a step (both ranks') over its seconds, over 2 devices' peak."""
+    previous = 0.0
+    for r in [r for r in read_jsonl(two_processes / "metrics.jsonl") if "loss" in r]:
+        seconds = r["elapsed_s"] - previous
+        assert r["mfu"] == pytest.approx(r["step_flops"] / seconds / 2 / (PEAK * 1e12), rel=1e-3)
+        assert r["tokens_per_s"] == pytest.approx(2 * 2 * 2 * 32 / seconds, rel=1e-3)  # ranks x batch x accum x seq
+        previous = r["elapsed_s"]
 
 
 # ---- a failing rank ends the job (issue 14, item 4) -----------------------------------------------
