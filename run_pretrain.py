@@ -612,8 +612,8 @@ def main(argv=None, guard: FailureGuard | None = None) -> None:
         progress.update(1)
         progress.set_postfix(loss=f"{loss_mean:.3f}", U=unique, D=f"{depth_sum / accum:.1f}")
         if step % cfg.logging_steps == 0:
-            say(f"step {step}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} U {unique} "
-                f"D {depth_sum / accum:.1f} flops {state['flops']:.3e} {throughput(last_line, state, world, peak_tflops)}")
+            say(f"step {step}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} U {unique} D {depth_sum / accum:.1f} "
+                f"flops {state['flops']:.3e} {throughput(last_line, state, world, peak_tflops)}")
             last_line = dict(state)
             flush_logs()
 
@@ -622,7 +622,7 @@ def main(argv=None, guard: FailureGuard | None = None) -> None:
         # A stop request always checkpoints, whatever --save_strategy says: that is its point.
         if stopping or (cfg.save_strategy != "no" and (step % save_every == 0 or step == total_steps)):
             if stopping:
-                guard.close()  # the last collectives of the run follow; the launchers may end before all ranks do
+                guard.close()  # as before the final save below
             flush_logs()
             state["last_checkpoint"] = step
             save_checkpoint(accelerator, out, step, state, resolved, cfg.save_total_limit)

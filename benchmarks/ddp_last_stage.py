@@ -100,7 +100,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(rank)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g)
     batch = {"input_ids": ids, "labels": ids.clone()}
-    steps = {name: step_fn(ddp, plan, batch) for name, (ddp, plan) in setups(build(args.model, args.width, args.vocab)).items()}
+    models = setups(build(args.model, args.width, args.vocab))
+    steps = {name: step_fn(ddp, plan, batch) for name, (ddp, plan) in models.items()}
     for step in steps.values():  # warm-up: DDP builds its buckets on the first steps
         step()
         step()

@@ -48,8 +48,8 @@ def test_per_block_compile_makes_one_static_graph_for_training_and_one_for_evalu
         return gm.forward
 
     compile_module = torch.nn.Module.compile
-    monkeypatch.setattr(torch.nn.Module, "compile",
-                        lambda self, *args, **kwargs: compile_module(self, *args, **{**kwargs, "backend": recording_backend}))
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: compile_module(
+        self, *args, **{**kwargs, "backend": recording_backend}))
     torch._dynamo.reset()
     try:
         result = run_inprocess(tiny_run(tiny_corpus, tmp_path / "run", "--torch_compile"))

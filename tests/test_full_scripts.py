@@ -9,11 +9,9 @@ end exactly where it ends uninterrupted.
 """
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -140,23 +138,15 @@ def test_preemption_of_every_process_with_loader_workers_checkpoints_and_resumes
     the ranks' prints. Now the ranks finish the step and checkpoint, the log keeps their last lines, and
     RESUME=1 ends bit for bit where the uninterrupted run ended."""
     from apollo.checkpoint import complete_checkpoints, read_trainer_state
-    from conftest import WALL_CLOCK_FIELDS, final_weights, signal_whole_job
+    from conftest import final_weights, metrics_without_wall_clock, preempt
 
     out, logs = tmp_path / "out", tmp_path / "logs"
     env = {**os.environ, "APOLLO_SMOKE": "1", "APOLLO_CACHE": str(smoke_run / "cache"), "OUTPUT_DIR": str(out),
            "LOG_DIR": str(logs), "LOADER_WORKERS": "2"}
-    proc = subprocess.Popen([str(SCRIPTS / "bert_base_apollo.sh")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300  # metrics reach the file at the first logging step (10)
-        while not (out / "metrics.jsonl").exists() or '"loss"' not in (out / "metrics.jsonl").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
-            time.sleep(0.02)
-        signal_whole_job(proc.pid, signal.SIGTERM)
-        console, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            signal_whole_job(proc.pid, signal.SIGKILL)
+    metrics = out / "metrics.jsonl"  # written at the first logging step (10)
+    proc = preempt([str(SCRIPTS / "bert_base_apollo.sh")], env=env,
+                   ready=lambda: metrics.exists() and '"loss"' in metrics.read_text())
+    console = proc.stdout
     [ckpt] = complete_checkpoints(out)
     stopped = read_trainer_state(ckpt)["step"]
     assert 10 <= stopped < 40
@@ -174,5 +164,4 @@ def test_preemption_of_every_process_with_loader_workers_checkpoints_and_resumes
     assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
     for name in ("apollo_schedule.rank_0", "apollo_schedule.rank_1"):
         assert lines(out / name) == lines(smoke_run / "out" / name)
-    strip = lambda run: [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in lines(run / "metrics.jsonl")]
-    assert strip(out) == strip(smoke_run / "out")
+    assert metrics_without_wall_clock(out) == metrics_without_wall_clock(smoke_run / "out")

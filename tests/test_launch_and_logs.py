@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import pty
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -16,8 +15,8 @@ import pytest
 import torch
 
 from apollo.checkpoint import complete_checkpoints, read_trainer_state
-from conftest import REPO, TORCHRUN_2, WALL_CLOCK_FIELDS, entry_command, final_weights, read_jsonl, \
-    signal_whole_job, subprocess_env
+from conftest import REPO, TORCHRUN_2, entry_command, final_weights, metrics_without_wall_clock, preempt, \
+    subprocess_env
 
 TINY = ["--model_type", "gpt2", "--tokenizer_vocab_size", 2048, "--max_seq_length", 32,
         "--config_overrides", "n_layer=2,n_embd=32,n_head=2", "--max_eval_samples", 4]
@@ -116,32 +115,21 @@ def test_preempted_example_with_loader_workers_checkpoints_and_resumes_exactly(e
     cache, _ = example_in_a_file
     out = tmp_path / "run"
     args, env = example_command(cache, "--dataloader_num_workers", "2", folder=tmp_path)
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300  # the step-0 evaluation reaches metrics.jsonl before step 1
-        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
-            time.sleep(0.005)
-        signal_whole_job(proc.pid, signal.SIGTERM)
-        console, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            signal_whole_job(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, console[-3000:]
+    metrics = out / "metrics.jsonl"  # the step-0 evaluation reaches it before step 1
+    proc = preempt(args, env=env, ready=lambda: metrics.exists() and metrics.read_text() != "")
+    assert proc.returncode == 0, proc.stdout[-3000:]
     [ckpt] = complete_checkpoints(out)
     stopped = read_trainer_state(ckpt)["step"]
     assert 1 <= stopped < 6
     log = (tmp_path / "logs" / "gpt_example.log").read_text()
-    assert f"Stop requested: saved a checkpoint at step {stopped}" in log, console[-3000:]
+    assert f"Stop requested: saved a checkpoint at step {stopped}" in log, proc.stdout[-3000:]
 
     resumed = subprocess.run([*args, "--resume_from_checkpoint", "latest"], cwd=REPO, env=env, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     got, want = final_weights(out), final_weights(cache / "run")
     assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
-    strip = lambda run: [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in read_jsonl(run / "metrics.jsonl")]
-    assert strip(out) == strip(cache / "run")
+    assert metrics_without_wall_clock(out) == metrics_without_wall_clock(cache / "run")
 
 
 def documented_python_commands() -> list[str]:
