@@ -50,7 +50,7 @@ from apollo.data import (EVAL_MASK_SEED, BlockCollator, KeyedBlocks, StepBatchSa
                          load_text_splits, token_blocks)
 from apollo.flops import training_flops
 from apollo.growth import grow_layers, growth_noise_seed
-from apollo.logs import JsonLines, flush_open_logs, schedule_record, stack_info
+from apollo.logs import JsonLines, close_open_logs, schedule_record, stack_info
 from apollo.plan import depth_plan, growth_map
 from apollo.rank_failures import FailureGuard
 from apollo.sampling import sample_depth
@@ -691,7 +691,7 @@ def cli(argv=None) -> int:
         return 1
     finally:  # main installs preemption handlers; put the caller's back (tests call cli in-process)
         guard.close()
-        flush_open_logs()
+        close_open_logs()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         sys.stdout, sys.stderr = streams

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import weakref
 from pathlib import Path
 
 from .plan import growth_map
 
 
-_OPEN: "weakref.WeakSet[JsonLines]" = weakref.WeakSet()  # what flush_open_logs flushes on an error
+# Logs not yet closed, held here so that a run ending with an error (whose frames, logs included, are
+# gone by then) still writes their last lines: cli() closes them, the failure guard flushes them.
+_OPEN: set["JsonLines"] = set()
 
 
 class JsonLines:
@@ -54,6 +55,12 @@ def flush_open_logs() -> None:
     """Write out every open log's buffered lines (on an error, before the process ends)."""
     for log in list(_OPEN):
         log.flush()
+
+
+def close_open_logs() -> None:
+    """Write out and close every log still open (at the end of a run, however it ended)."""
+    for log in list(_OPEN):
+        log.close()
 
 
 def _parse(line: str) -> dict | None:

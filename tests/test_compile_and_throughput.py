@@ -13,7 +13,7 @@ import torch
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from apollo.logs import JsonLines, flush_open_logs
+from apollo.logs import JsonLines, close_open_logs, flush_open_logs
 from apollo.rank_failures import failure_line
 from apollo.throughput import device_peak_tflops
 from conftest import read_jsonl, run_inprocess
@@ -156,9 +156,12 @@ def test_logs_reach_the_file_at_flush_or_on_an_error(tmp_path):
     log.flush()
     assert read_jsonl(tmp_path / "m.jsonl") == [{"step": 1}, {"step": 2}]
     log.write({"step": 3})
-    flush_open_logs()  # what cli() and the failure guard do on the way down
+    flush_open_logs()  # what the failure guard does before it ends the process
     assert read_jsonl(tmp_path / "m.jsonl")[-1] == {"step": 3}
-    log.close()
+    log.write({"step": 4})
+    del log  # a run that ended with an error no longer holds its logs ...
+    close_open_logs()  # ... but cli() still writes their last lines
+    assert read_jsonl(tmp_path / "m.jsonl")[-1] == {"step": 4}
 
 
 def test_failure_line_names_rank_step_and_for_an_oom_the_memory(monkeypatch):

@@ -213,7 +213,7 @@ def test_mfu_is_per_device(two_processes):
 
 
 # ---- a failing rank ends the job (issue 14, item 4) -----------------------------------------------
-FAIL_STEP = 6  # checkpoint 4 is the last one before it (--save_steps 4)
+FAIL_STEP = 6  # checkpoint 4 is the last one before it (--save_steps 4), and no log line is written after it
 LINGER = str(REPO / "tests" / "linger_after_failure.py")
 
 
@@ -221,26 +221,35 @@ def error_lines(text: str) -> list[str]:
     return [line.split("error: ", 1)[1] for line in text.splitlines() if ": error: " in line]
 
 
-def assert_failure_reported(stderr_failing: str, stderr_other: str) -> None:
-    failed = f"rank 1 failed at step {FAIL_STEP}: RuntimeError: APOLLO_TEST_FAIL_AT=1:{FAIL_STEP}"
-    assert [line for line in error_lines(stderr_failing) if line.startswith("rank 1 ")] == [
-        f"{failed}: a failure planted for a test"], stderr_failing[-3000:]
-    assert [line for line in error_lines(stderr_other) if line.startswith("rank 0 ")] == [
-        f"rank 0 stopped: {failed}: a failure planted for a test"], stderr_other[-3000:]
+def assert_failure_reported(failing: int, stderr_failing: str, stderr_other: str) -> None:
+    """One line from each rank: the failing one says where it failed, the other that it stopped for that."""
+    failed = f"rank {failing} failed at step {FAIL_STEP}: RuntimeError: APOLLO_TEST_FAIL_AT={failing}:{FAIL_STEP}: " \
+             f"a failure planted for a test"
+    other = 1 - failing
+    assert [line for line in error_lines(stderr_failing) if line.startswith(f"rank {failing} ")] == [failed], \
+        stderr_failing[-3000:]
+    assert [line for line in error_lines(stderr_other) if line.startswith(f"rank {other} ")] == [
+        f"rank {other} stopped: {failed}"], stderr_other[-3000:]
+
+
+def assert_logged_until_the_failure(out) -> None:
+    """metrics.jsonl (rank 0's) holds every step before the failure: buffered lines were written on the way down
+    (no logging step, evaluation or checkpoint came after step 4)."""
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r] == list(range(1, FAIL_STEP))
 
 
 def test_a_failing_rank_ends_both_ranks_of_one_node_and_the_last_checkpoint_resumes_exactly(run_args, two_processes,
                                                                                           tmp_path):
     """torchrun's agent would end the failed rank's sibling by itself on one node; our part is the line that
     says which rank failed where, the logs written up to the failure, and a checkpoint that resumes exactly.
-    --ddp_timeout 3600: a rank left waiting would hit the test's timeout first."""
+    Rank 0, which writes metrics.jsonl, fails here. --ddp_timeout 3600: a rank left waiting would hit the
+    test's timeout first."""
     out = tmp_path / "failed"
     args = run_args(out, 2, "--save_steps", 4, "--ddp_timeout", 3600, "--logging_steps", 100)
-    result = torchrun(args, env_extra={"APOLLO_TEST_FAIL_AT": f"1:{FAIL_STEP}"})
+    result = torchrun(args, env_extra={"APOLLO_TEST_FAIL_AT": f"0:{FAIL_STEP}"})
     assert result.returncode != 0
-    assert_failure_reported(result.stderr, result.stderr)
-    # Buffered logs were written out on the way down (no logging step came before the failure).
-    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r] == list(range(1, FAIL_STEP))
+    assert_failure_reported(0, result.stderr, result.stderr)
+    assert_logged_until_the_failure(out)
     assert [p.name for p in complete_checkpoints(out)] == ["checkpoint-4"]
 
     resumed = torchrun(run_args(out, 2, "--save_strategy", "no", "--resume_from_checkpoint", "latest"))
@@ -256,13 +265,13 @@ def free_port() -> int:
 
 
 def test_a_failing_rank_on_another_node_ends_this_node(run_args, tmp_path):
-    """Two one-process "nodes" (two torchrun launches, no agent kills the other's rank). The failing rank
+    """Two one-process "nodes" (two torchrun launches, no agent kills the other's rank). The failing rank 1
     stays alive after its failure (tests/linger_after_failure.py), as a rank on another node whose death
     NCCL does not notice: rank 0's next collective would then wait for --ddp_timeout (3600 s here). It must
     end well before the test's timeout, non-zero, saying which rank failed where."""
     out = tmp_path / "two_nodes"
     port = free_port()
-    args = [str(a) for a in run_args(out, 2, "--save_steps", 4, "--ddp_timeout", 3600)]
+    args = [str(a) for a in run_args(out, 2, "--save_steps", 4, "--ddp_timeout", 3600, "--logging_steps", 100)]
     env = {**subprocess_env(), "APOLLO_TEST_FAIL_AT": f"1:{FAIL_STEP}"}
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                                "--node_rank", str(k), "--master_addr", "127.0.0.1", "--master_port", str(port),
@@ -282,4 +291,5 @@ def test_a_failing_rank_on_another_node_ends_this_node(run_args, tmp_path):
         for node in nodes:  # its launcher, and its rank (in a session of its own) if still there
             signal_whole_job(node.pid, signal.SIGKILL)
         _, stderr_1 = nodes[1].communicate(timeout=60)
-    assert_failure_reported(stderr_1, stderr_0)
+    assert_failure_reported(1, stderr_1, stderr_0)
+    assert_logged_until_the_failure(out)  # by rank 0's watcher, on its way out

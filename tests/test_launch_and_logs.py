@@ -54,8 +54,8 @@ def example_command(cache, *flags, folder=None):
     env.pop("APOLLO_PROGRESS_BAR", None)
     args = ["bash", "example-scripts/run_pretrain_gpt_example.sh", "--output_dir", str(folder / "run"),
             "--config_overrides", "n_layer=2,n_embd=32,n_head=2", "--max_seq_length", "32",
-            "--per_device_train_batch_size", "4", "--max_train_steps", "6", "--logging_steps", "2",
-            "--max_eval_samples", "4", "--eval_steps", "6", "--save_strategy", "no", *flags]
+            "--per_device_train_batch_size", "4", "--max_train_steps", "12", "--logging_steps", "4",
+            "--max_eval_samples", "4", "--eval_steps", "12", "--save_strategy", "no", *flags]
     return args, env
 
 
@@ -98,8 +98,8 @@ def test_example_log_file_has_plain_lines(example_in_a_file, tmp_path, tty):
         folder, console = tmp_path, run_example(cache, tty=True, folder=tmp_path)
     log = (folder / "logs" / "gpt_example.log").read_text()
     assert "\r" not in log
-    assert re.findall(r"^step (\d+)/6 loss", log, flags=re.M) == ["2", "4", "6"]
-    assert re.findall(r"^step (\d+): eval_loss", log, flags=re.M) == ["0", "6"]  # on lines of their own
+    assert re.findall(r"^step (\d+)/12 loss", log, flags=re.M) == ["4", "8", "12"]
+    assert re.findall(r"^step (\d+): eval_loss", log, flags=re.M) == ["0", "12"]  # on lines of their own
     assert all(" 100%|" in line for line in re.findall(r"^train:.*", log, flags=re.M))  # the bar's final state only
     if tty:
         assert re.search(r"\rtrain: +\d+%", console)  # on a terminal the bar is kept
@@ -120,7 +120,7 @@ def test_preempted_example_with_loader_workers_checkpoints_and_resumes_exactly(e
     assert proc.returncode == 0, proc.stdout[-3000:]
     [ckpt] = complete_checkpoints(out)
     stopped = read_trainer_state(ckpt)["step"]
-    assert 1 <= stopped < 6
+    assert 1 <= stopped < 12
     log = (tmp_path / "logs" / "gpt_example.log").read_text()
     assert f"Stop requested: saved a checkpoint at step {stopped}" in log, proc.stdout[-3000:]
 
