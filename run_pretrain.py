@@ -496,6 +496,7 @@ def main(argv=None, guard: FailureGuard | None = None) -> None:
                                          generator=torch.Generator())  # keeps the global RNG untouched
     batches = iter(loader)
     if cfg.dataloader_num_workers:
+        atexit.unregister(kill_loader_workers)  # once per process, however many runs it makes (tests)
         atexit.register(kill_loader_workers)
 
     def say(text: str) -> None:
@@ -673,14 +674,13 @@ def cli(argv=None) -> int:
     try:
         main(argv, guard)
         return 0
-    except ConfigError as err:
-        sys.stderr.write(f"{prog}: error: {err}\n")
-        return 2
-    except FloatingPointError as err:
-        sys.stderr.write(f"{prog}: error: {err}\n")
-        return 3
-    except Exception as err:  # noqa: BLE001 - anything else: say where, and end the other ranks too
+    except (ConfigError, FloatingPointError) as err:
         guard.close()  # this thread reports now, not the watcher
+        guard.announce(err)  # a rank that fails alone (e.g. one that waited past --ddp_timeout) ends the others
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return 2 if isinstance(err, ConfigError) else 3
+    except Exception as err:  # noqa: BLE001 - anything else: say where, and end the other ranks too
+        guard.close()
         earlier = guard.failure_elsewhere()
         if earlier:  # a consequence (e.g. gloo's "connection closed by peer"): the first failure is the news
             line = f"rank {guard.rank} stopped: {earlier}"
