@@ -176,3 +176,23 @@ def test_failure_line_names_rank_step_and_for_an_oom_the_memory(monkeypatch):
     line = failure_line(5, 120, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert line == ("rank 5 failed at step 120: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB "
                     "(GPU 1: 70.50 GiB allocated, 78.25 GiB reserved, 79.50 GiB total)")
+
+
+def test_a_lost_console_does_not_end_the_run():
+    """A dead `tee` (the read end of the rank's output pipe gone): writing raises BrokenPipeError, which would
+    end the run before it could checkpoint. Through the stream cli() installs, output goes nowhere instead."""
+    import os
+
+    from apollo.console import SurvivingStream
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    raw = os.fdopen(write_end, "w")
+    with pytest.raises(BrokenPipeError):  # what a plain stream does
+        raw.write("step 10 ...\n")
+        raw.flush()
+    stream = SurvivingStream(raw)
+    stream.write("Stop requested: saved a checkpoint\n")
+    stream.flush()
+    print("and later lines", file=stream, flush=True)
+    stream.close()
