@@ -205,14 +205,18 @@ launch() {
         echo
     } | tee -a "$log"
     # The subshell records its PID and becomes the launcher (exec), in the foreground so that Ctrl-C
-    # reaches every rank; stop.sh finds the ranks as this PID's children.
+    # reaches every rank; stop.sh finds the ranks as this PID's children. A preemption or Ctrl-C
+    # signals every process of the job: the ranks checkpoint and exit, tee ignores the signal (dead,
+    # it would break the ranks' prints), and this shell waits for them (a trap runs after the
+    # foreground pipeline ends) to log the exit status.
     local rc=0
     set -o pipefail
+    trap ':' TERM INT
     (
         echo "$BASHPID $(hostname)" >"$pidfile"
         cd "$REPO_ROOT"
         exec "${cmd[@]}"
-    ) 2>&1 | tee -a "$log" || rc=$?
+    ) 2>&1 | (trap '' TERM INT; exec tee -a "$log") || rc=$?
     rm -f "$pidfile"
     echo "# $(date -u +%FT%TZ) exit status $rc" | tee -a "$log"
     return $rc

@@ -5,7 +5,8 @@ launch --config_file full-scripts/accelerate_ddp.yaml ... run_pretrain.py <offic
 full run, with 2 CPU processes (gloo), a 12-layer 16-wide BERT, the embedded corpus, 2 micro-batches per
 step and one optimizer step per epoch, so the official 40-epoch schedule (stages at epochs 2, 4, 10) runs
 in 40 steps. About a minute on 2 cores. Its metrics are also checked against independent counts
-(tests/test_logged_figures.py): the run with 2 processes, accumulation and stage ends in epochs.
+(tests/test_logged_figures.py): the run with 2 processes, accumulation and stage ends in epochs. The same
+run, preempted with loader workers on and resumed, must end exactly where it ends uninterrupted.
 """
 import json
 import os
@@ -38,16 +39,22 @@ def run_script(script, env_extra, *args, timeout=600):
 # The smoke run: 2 processes x 2 blocks x ACCUM 2 = a global batch of 8 blocks, and 8 training blocks.
 SMOKE = Flags(world=2, batch=2, accum=2, seq=32, blocks=8, epochs=40, layers=(1, 3, 6, 12), ends=(2, 4, 10, 40),
               ends_in="epochs", lr=1e-4, warmup_ratio=0.025)
+SMOKE_ENV = {"APOLLO_SMOKE": "1", "ACCUM": "2"}
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    root = tmp_path_factory.mktemp("smoke")
-    out, logs = root / "out", root / "logs"
-    proc = run_script("bert_base_apollo.sh", {"APOLLO_SMOKE": "1", "ACCUM": "2", "APOLLO_CACHE": str(root / "cache"),
-                                               "OUTPUT_DIR": str(out), "LOG_DIR": str(logs)})
+def smoke_run(tmp_path_factory):
+    """The uninterrupted smoke run: (its folder, its token cache, shared with the preempted runs)."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    proc = run_script("bert_base_apollo.sh", {**SMOKE_ENV, "APOLLO_CACHE": str(tmp / "cache"),
+                                               "OUTPUT_DIR": str(tmp / "out"), "LOG_DIR": str(tmp / "logs")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, logs
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def smoke(smoke_run):
+    return smoke_run / "out", smoke_run / "logs"
 
 
 def test_smoke_mode_runs_two_ranks_through_accelerate_launch(smoke):
@@ -205,3 +212,39 @@ def test_collator_masks_equal_hugging_face_masking(tmp_path):
         assert torch.equal(ours["input_ids"], reference["input_ids"])
         assert torch.equal(ours["labels"], reference["labels"])
         assert (ours["labels"] != -100).any() and (ours["input_ids"] == tokenizer.mask_token_id).any()
+
+
+def test_preemption_of_every_process_with_loader_workers_checkpoints_and_resumes_exactly(smoke_run, tmp_path):
+    """A scheduler's preemption signals every process of the job: the script's shell and tee, the launcher,
+    the ranks and their 2 DataLoader workers each. Before, the workers died first and the ranks failed with
+    "DataLoader worker ... is killed by signal: Terminated" (no checkpoint); and a dead tee would break
+    the ranks' prints. Now the ranks finish the step and checkpoint, the log keeps their last lines, and
+    RESUME=1 ends bit for bit where the uninterrupted run ended."""
+    from apollo.checkpoint import complete_checkpoints, read_trainer_state
+    from conftest import final_weights, metrics_without_wall_clock, preempt
+
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    env = {**os.environ, **SMOKE_ENV, "APOLLO_CACHE": str(smoke_run / "cache"), "OUTPUT_DIR": str(out),
+           "LOG_DIR": str(logs), "LOADER_WORKERS": "2"}
+    metrics = out / "metrics.jsonl"  # written at the first logging step (10)
+    proc = preempt([str(SCRIPTS / "bert_base_apollo.sh")], env=env,
+                   ready=lambda: metrics.exists() and '"loss"' in metrics.read_text())
+    console = proc.stdout
+    [ckpt] = complete_checkpoints(out)
+    stopped = read_trainer_state(ckpt)["step"]
+    assert 10 <= stopped < 40
+    log = (logs / "node-0.log").read_text()
+    assert f"Stop requested: saved a checkpoint at step {stopped}" in log, console[-3000:]
+    assert "is killed by signal" not in log and "BrokenPipeError" not in log
+    assert "exit status" in log.splitlines()[-1]  # the script's shell outlived the signal to log the end
+
+    resumed = run_script("bert_base_apollo.sh", {**SMOKE_ENV, "APOLLO_CACHE": str(smoke_run / "cache"),
+                                                 "OUTPUT_DIR": str(out), "LOG_DIR": str(logs), "LOADER_WORKERS": "2",
+                                                 "RESUME": "1"})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"Resumed from {ckpt} at step {stopped}" in resumed.stdout
+    got, want = final_weights(out), final_weights(smoke_run / "out")
+    assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
+    for name in ("apollo_schedule.rank_0", "apollo_schedule.rank_1"):
+        assert lines(out / name) == lines(smoke_run / "out" / name)
+    assert metrics_without_wall_clock(out) == metrics_without_wall_clock(smoke_run / "out")
