@@ -50,8 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from apollo.throughput import device_peak_tflops, mfu  # noqa: E402  (one peak table for the loop and the check)
+
 ON_CPU = os.environ.get("GPU_CHECK_ON_CPU") == "1"
-BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}  # dense, per GPU
 MAX_RECOMPILES = int(os.environ.get("MAX_RECOMPILES", "2"))  # training, evaluation, and one spare
 
 
@@ -258,9 +260,8 @@ def figures(run_dir: Path, peak_tflops: float | None) -> dict:
     out = {"steps_timed": len(train) - 1 - first, "processes": world,
            "step_s": round(seconds / (len(train) - 1 - first), 4),
            "tokens_per_s": round((b["tokens"] - a["tokens"]) / seconds, 1)}
-    out["mfu"] = None  # no known peak: set PEAK_TFLOPS
-    if peak_tflops is not None:
-        out["mfu"] = round((b["flops"] - a["flops"]) / seconds / (peak_tflops * 1e12 * world), 4)
+    achieved = mfu(b["flops"] - a["flops"], seconds, world, peak_tflops)  # None without a known peak
+    out["mfu"] = None if achieved is None else round(achieved, 4)
     return out
 
 
@@ -278,7 +279,7 @@ def peak_tflops(names: list[str]) -> float | None:
         return float(os.environ["PEAK_TFLOPS"])
     if ON_CPU:  # no table entry for a CPU: MFU only with an explicit PEAK_TFLOPS
         return None
-    return next((tf for key, tf in BF16_PEAK_TFLOPS.items() if names and key in names[0]), None)
+    return device_peak_tflops(names[0] if names else None)
 
 
 def skip_reason(check: Check, done: dict, gpus: int) -> str | None:
