@@ -9,23 +9,27 @@ Without --apollo_layers the same loop trains the full model from scratch. The me
 in `apollo/`; this file wires it into a training loop that reads top to bottom.
 
 Design choice for DDP: the model always holds all L layer slots and the optimizer is built once
-over all of them, as in the official release. Slots that the current stage does not use get no
-gradient, so DDP needs `find_unused_parameters=True` (Apollo runs only). We prefer this over
-keeping only the U unique layers as parameters because (1) the optimizer state then behaves
-exactly as the official one at growth (positional moments, no state for new slots), (2) model and
-optimizer are prepared once, so `save_state`/`load_state` see one model and one optimizer for the
-whole run, and growth is an in-place copy that DDP and AdamW never notice.
+over all of them, as in the official release: (1) the optimizer state then behaves exactly as the
+official one at growth (positional moments, no state for new slots), (2) model and optimizer are
+prepared once, so `save_state`/`load_state` see one model and one optimizer for the whole run, and
+growth is an in-place copy that AdamW never notices. Slots the current stage does not use (U..L-1)
+get no gradient; rather than letting DDP search for unused parameters on every step (the official
+`find_unused_parameters=True`), they are kept out of DDP and the DDP wrapper alone is rebuilt at
+each growth (apollo/stage_ddp.py). Every depth plan uses all U trained slots, so DDP needs no search.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import signal
 import sys
 import time
+import traceback
 from datetime import timedelta
 from pathlib import Path
 
@@ -40,17 +44,21 @@ from transformers import CONFIG_MAPPING, AutoConfig, get_scheduler
 from apollo.checkpoint import read_trainer_state, resolve_resume, save_checkpoint
 from apollo import families
 from apollo.config import ConfigError, TrainConfig, parse_config
+from apollo.console import SurvivingStream
 from apollo.data import (EVAL_MASK_SEED, BlockCollator, KeyedBlocks, StepBatchSampler, check_data_args, eval_batches,
                          prepare_first,
                          load_text_splits, token_blocks)
 from apollo.flops import training_flops
 from apollo.growth import grow_layers, growth_noise_seed
 from apollo.kinds import ROLE_PURPOSE, build_model, kind_of, max_positions
-from apollo.logs import JsonLines, schedule_record, stack_info
+from apollo.logs import JsonLines, close_open_logs, schedule_record, stack_info
 from apollo.plan import depth_plan, growth_map
+from apollo.rank_failures import FailureGuard
 from apollo.sampling import sample_depth
 from apollo.schedule import StageSchedule
 from apollo.shared_layers import layer_slots, run_along
+from apollo.stage_ddp import keep_idle_slots_out_of_ddp, rewrap_ddp
+from apollo.throughput import device_peak_tflops, mfu, tokens_per_s
 from apollo.tokenizer import load_tokenizer, local_tokenizer
 
 # Flags that must match between a checkpoint and the run that resumes from it (the model's shape is
@@ -253,6 +261,35 @@ class StopRequest:
         self.requested = True
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers outlive a job-wide SIGTERM/SIGINT (a scheduler signals every process of the
+    job): the rank still needs their batches to finish its step and checkpoint. They end when the
+    loader shuts them down, when the rank dies (they watch their parent), or at kill_loader_workers."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def kill_loader_workers() -> None:
+    """At exit (atexit; it runs before multiprocessing's own exit function): workers the loader has not
+    shut down, after an error, would ignore that function's SIGTERM and keep the rank waiting forever."""
+    for worker in multiprocessing.active_children():
+        worker.kill()
+
+
+def step_outcome(accelerator, loss, grad_norm, stop_requested: bool) -> tuple[float, float, bool]:
+    """The step's loss (mean over ranks), gradient norm and whether any rank was asked to stop.
+
+    One all-reduce and one transfer to the host for the three: each `.item()` waits for the device.
+    The gradient norm needs no reduction: DDP has already averaged the gradients on every rank. The
+    flag is filled in on the device (torch.full), not copied from the host.
+    """
+    shared = torch.stack([loss.float(), torch.full((), float(stop_requested), device=loss.device)])
+    if accelerator.num_processes > 1:
+        torch.distributed.all_reduce(shared)  # sum: a mean for the loss, "any" for the flag
+    loss_sum, stops, norm = torch.cat([shared, grad_norm.detach().float().reshape(1)]).tolist()
+    return loss_sum / accelerator.num_processes, norm, stops > 0
+
+
 def check_accelerator(cfg: TrainConfig, accelerator) -> None:
     """What the launcher chose (FSDP, whole-model compilation) must suit the run; TF32 on where it helps."""
     if cfg.apollo and accelerator.distributed_type == DistributedType.FSDP:
@@ -271,19 +308,28 @@ def check_accelerator(cfg: TrainConfig, accelerator) -> None:
 
 def compile_blocks(model) -> None:
     """torch.compile each block in place: module objects keep their identity, so the shared-layer plan,
-    growth and state_dict keys work unchanged, and blocks of one shape share one compiled graph."""
+    growth and state_dict keys work unchanged, and blocks of one shape share one compiled graph.
+
+    Static shapes (dynamic=False): otherwise the first evaluation batch of another size (the full-scale
+    scripts evaluate 48 blocks a device and train 16 or 12) makes dynamo recompile the blocks with a
+    symbolic batch dimension, and training then runs that dynamic graph. Evaluation pads its last batch
+    to the full size (evaluate), so one graph serves training and one evaluation."""
     for block in layer_slots(model):
-        block.compile()
+        block.compile(dynamic=False)
 
 
-def evaluate(accelerator, model, slots_plan, blocks, collator, batch_size) -> float:
-    """Mean loss per target token over the fixed validation blocks, at full depth."""
+def evaluate(accelerator, model, slots_plan, blocks, collator, batch_size, pad: bool = False) -> float:
+    """Mean loss per target token over the fixed validation blocks, at full depth.
+
+    With `pad`, a last, partial batch is filled up to `batch_size` rows that carry no target (labels
+    all -100): the same loss, and no new input shape for compiled blocks."""
     raw = accelerator.unwrap_model(model)
     raw.eval()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     runs = 0
     with torch.no_grad(), run_along(raw, slots_plan), accelerator.autocast():
-        for batch in eval_batches(blocks, batch_size, accelerator.process_index, accelerator.num_processes, collator):
+        for batch in eval_batches(blocks, batch_size, accelerator.process_index, accelerator.num_processes, collator,
+                                  pad=pad):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             loss = raw(**batch).loss.double()
             labels = batch["labels"][:, kind_of(raw.config.model_type).label_shift:]  # the targets the loss counts
@@ -303,7 +349,8 @@ def evaluate(accelerator, model, slots_plan, blocks, collator, batch_size) -> fl
     return (total[0] / total[1]).item()
 
 
-def main(argv=None) -> None:
+def main(argv=None, guard: FailureGuard | None = None) -> None:
+    guard = guard or FailureGuard()
     cfg = parse_config(argv)
     # A progress bar on a terminal; into a file (not a TTY) only plain lines, every --logging_steps, and no
     # carriage-return frames from datasets' or transformers' bars either. APOLLO_PROGRESS_BAR=1 forces the
@@ -319,8 +366,10 @@ def main(argv=None) -> None:
     check_precision(cfg)
     resume_dir = None if cfg.preprocess_only else check_output_dir(cfg, config)
 
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.apollo)  # idle slots get no gradient
-    handlers = [ddp]
+    # Apollo's idle slots are kept out of DDP (apollo/stage_ddp.py), so DDP needs no unused-parameter search.
+    # APOLLO_TEST_DDP_FIND_UNUSED=1 (tests only) keeps the former setup: every slot in DDP, with the search.
+    legacy_ddp = cfg.apollo and os.environ.get("APOLLO_TEST_DDP_FIND_UNUSED") == "1"
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=legacy_ddp)]
     if cfg.ddp_timeout:  # how long other ranks may wait, e.g. while the main process builds the token cache
         handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout)))
     # Accelerate sets up gloo for CPU processes only when told cpu=True: without it, a CPU-only
@@ -332,11 +381,18 @@ def main(argv=None) -> None:
     if launched > 1 and accelerator.num_processes != launched:
         raise ConfigError("cpu", f"launched as {launched} processes but Accelerate set up {accelerator.num_processes} "
                                  f"on {accelerator.device}; pass --cpu or launch on the devices Accelerate found")
+    guard.start(accelerator)  # from here on, a failure on any rank ends every rank
     out = Path(cfg.output_dir)
     if resume_dir:
         check_resume_world(resume_dir, accelerator.num_processes)
 
     check_accelerator(cfg, accelerator)
+    peak_tflops = cfg.peak_tflops
+    if peak_tflops is None and accelerator.device.type == "cuda":
+        peak_tflops = device_peak_tflops(torch.cuda.get_device_name(accelerator.device))
+    if peak_tflops is None:
+        accelerator.print(f"MFU not logged: no peak bf16 FLOP/s known for {device_name(accelerator.device)}; "
+                          f"pass --peak_tflops")
 
     # Data and tokenizer: prepared once (the main process first, then one per node), read from the cache by the rest.
     if accelerator.num_processes > 1 and accelerator.is_main_process:
@@ -398,19 +454,21 @@ def main(argv=None) -> None:
     optimizer = build_optimizer(cfg, model)
     # Not passed to prepare(): Accelerate would step it once per process. We step it once per optimizer step.
     lr_scheduler = build_lr_scheduler(cfg, optimizer, total_steps)
+    # Resume: weights, optimizer, LR schedule and every RNG; the step fixes stage, data and depths.
+    state = read_trainer_state(resume_dir) if resume_dir else {"step": 0, "tokens": 0, "flops": 0.0, "elapsed_s": 0.0}
+    slots = layer_slots(model)
+    track_stage_in_ddp = cfg.apollo and not legacy_ddp
+    if track_stage_in_ddp:  # DDP covers the slots of the stage the run starts (or resumes) in
+        keep_idle_slots_out_of_ddp(model, slots, schedule.unique_layers(state["step"]))
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
     raw_model = accelerator.unwrap_model(model)
-    slots = layer_slots(raw_model)
-
-    # Resume: weights, optimizer, LR schedule and every RNG; the step fixes stage, data and depths.
-    state = {"step": 0, "tokens": 0, "flops": 0.0, "elapsed_s": 0.0}
     if resume_dir:
         accelerator.load_state(str(resume_dir))
-        state = read_trainer_state(resume_dir)
         accelerator.print(f"Resumed from {resume_dir} at step {state['step']}")
     resolved = {**vars(cfg), "world_size": world, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                 "stage_end_steps": list(schedule.end_steps), "stage_layers": list(schedule.layers),
+                "device_peak_tflops": peak_tflops,
                 "num_train_blocks": len(train_blocks), "num_eval_blocks": len(eval_blocks) if eval_blocks else 0,
                 "model_config": config.to_dict()}
     if accelerator.is_main_process:
@@ -432,11 +490,15 @@ def main(argv=None) -> None:
     eval_collator = BlockCollator(tokenizer, masked, cfg.mlm_probability, EVAL_MASK_SEED)
     sampler = StepBatchSampler(len(train_blocks), b, world, accelerator.process_index, cfg.seed,
                                steps_per_epoch * accum, state["step"] * accum, total_steps * accum)
+    stop = StopRequest()  # before the loader's workers start: they must ignore the signals from the outset
     loader = torch.utils.data.DataLoader(KeyedBlocks(train_blocks), batch_sampler=sampler, collate_fn=collator,
-                                         num_workers=cfg.dataloader_num_workers,
+                                         num_workers=cfg.dataloader_num_workers, worker_init_fn=ignore_stop_signals,
                                          pin_memory=accelerator.device.type == "cuda",  # faster, async copies
                                          generator=torch.Generator())  # keeps the global RNG untouched
     batches = iter(loader)
+    if cfg.dataloader_num_workers:
+        atexit.unregister(kill_loader_workers)  # once per process, however many runs it makes (tests)
+        atexit.register(kill_loader_workers)
 
     def say(text: str) -> None:
         """One console line; with a progress bar, above it (tqdm redraws the bar below the line)."""
@@ -445,15 +507,22 @@ def main(argv=None) -> None:
         elif accelerator.is_local_main_process:
             print(text, flush=True)
 
+    def flush_logs() -> None:
+        for log in (metrics, info):
+            if log:
+                log.flush()
+
     def log_eval(step):
         if eval_blocks is None:  # --validation_split_percentage 0: said once at the start
             return
         full_plan = depth_plan(schedule.unique_layers(max(step - 1, 0)), full_depth, cfg.grow_method)
-        loss = evaluate(accelerator, model, full_plan, eval_blocks, eval_collator, cfg.per_device_eval_batch_size)
+        loss = evaluate(accelerator, model, full_plan, eval_blocks, eval_collator, cfg.per_device_eval_batch_size,
+                        pad=cfg.torch_compile)
         record = {"step": step, "flops": state["flops"], "tokens": state["tokens"],
-                  "elapsed_s": round(state["elapsed_s"], 3), "eval_loss": loss}
+                  "elapsed_s": round(state["elapsed_s"], 6), "eval_loss": loss}
         if metrics:
             metrics.write(record)
+            metrics.flush()
         accelerator.log({"eval_loss": loss}, step=step)
         say(f"step {step}: eval_loss {loss:.4f} at {state['flops']:.3e} FLOPs")
         if not math.isfinite(loss):  # raised before this step's checkpoint: these weights are not worth one
@@ -468,7 +537,6 @@ def main(argv=None) -> None:
     # The training loop. `step` counts finished optimizer steps; the step being computed has
     # 0-based index `step`, and everything that varies (stage, depth, batch, LR) is a function of it.
     # ------------------------------------------------------------------------------------------
-    stop = StopRequest()
     step = state["step"]
     model.train()
     if step == 0:
@@ -477,7 +545,9 @@ def main(argv=None) -> None:
                     desc="train")
     clock = time.perf_counter()
     tokens_per_micro = b * cfg.max_seq_length * world
+    last_line = dict(state)  # throughput on a console line: since the previous line
     while step < total_steps:
+        guard.step_begins(step + 1)
         unique = schedule.unique_layers(step)
         gmap = None
         if schedule.grows_at(step):  # first step of a new stage: copy layers along the growth map
@@ -485,6 +555,8 @@ def main(argv=None) -> None:
             gmap = growth_map(old, unique, cfg.grow_method)
             grow_layers(slots, gmap, optimizer.optimizer, cfg.copy_optimizer_state_on_growth,
                         noise=cfg.growth_noise, noise_seed=growth_noise_seed(cfg.seed, step))
+            if track_stage_in_ddp and keep_idle_slots_out_of_ddp(raw_model, slots, unique):
+                model = rewrap_ddp(accelerator, model)  # DDP now covers the grown slots
             say(f"step {step}: grew {old} -> {unique} unique layers, map {gmap}")
             if metrics:
                 metrics.write({"step": step + 1, "event": "growth", "from": old, "to": unique, "map": gmap})
@@ -506,10 +578,11 @@ def main(argv=None) -> None:
             loss_sum += loss.detach().float()
             depth_sum += depth
             step_flops += training_flops(config, b, cfg.max_seq_length, depth) * world
-        loss_mean = accelerator.reduce(loss_sum / accum, "mean").item()
-        # Clipping at infinity only measures the norm. Stop before a non-finite update reaches the
-        # weights (and a checkpoint); fp16's grad scaler skips overflowing steps by itself.
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf))
+        # Clipping at infinity only measures the norm. The step's one wait for the device follows.
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+        loss_mean, grad_norm, stopping = step_outcome(accelerator, loss_sum / accum, grad_norm, stop.requested)
+        # Stop before a non-finite update reaches the weights (and a checkpoint); fp16's grad scaler
+        # skips overflowing steps by itself.
         bad = None if math.isfinite(loss_mean) else f"loss {loss_mean}"
         if bad is None and accelerator.scaler is None and not math.isfinite(grad_norm):
             bad = f"gradient norm {grad_norm}"
@@ -526,28 +599,33 @@ def main(argv=None) -> None:
         optimizer.zero_grad(set_to_none=True)
 
         step += 1
-        now = time.perf_counter()
+        seconds = time.perf_counter() - clock
         state.update(step=step, tokens=state["tokens"] + tokens_per_micro * accum,
-                     flops=state["flops"] + step_flops, elapsed_s=state["elapsed_s"] + now - clock)
-        clock = now
+                     flops=state["flops"] + step_flops, elapsed_s=state["elapsed_s"] + seconds)
         record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_mean, "lr": lr,
                   "tokens": state["tokens"], "step_flops": step_flops, "flops": state["flops"],
                   "stage": schedule.stage_index(step - 1), "unique_layers": unique, "depth": depth_sum / accum,
-                  "elapsed_s": round(state["elapsed_s"], 3)}
+                  "elapsed_s": round(state["elapsed_s"], 6),
+                  "tokens_per_s": tokens_per_s(tokens_per_micro * accum, seconds),
+                  "mfu": mfu(step_flops, seconds, world, peak_tflops)}
         if metrics:
             metrics.write(record)
         accelerator.log({k: record[k] for k in ("loss", "lr", "depth", "unique_layers", "flops")}, step=step)
         progress.update(1)
         progress.set_postfix(loss=f"{loss_mean:.3f}", U=unique, D=f"{depth_sum / accum:.1f}")
         if step % cfg.logging_steps == 0:
-            say(f"step {step}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} U {unique} "
-                f"D {depth_sum / accum:.1f} flops {state['flops']:.3e}")
+            say(f"step {step}/{total_steps} loss {loss_mean:.4f} lr {lr:.2e} U {unique} D {depth_sum / accum:.1f} "
+                f"flops {state['flops']:.3e} {throughput(last_line, state, world, peak_tflops)}")
+            last_line = dict(state)
+            flush_logs()
 
         if step % eval_every == 0 or step == total_steps:
             log_eval(step)
-        stopping = accelerator.reduce(torch.tensor(float(stop.requested), device=accelerator.device), "max").item() > 0
         # A stop request always checkpoints, whatever --save_strategy says: that is its point.
         if stopping or (cfg.save_strategy != "no" and (step % save_every == 0 or step == total_steps)):
+            if stopping:
+                guard.close()  # as before the final save below
+            flush_logs()
             state["last_checkpoint"] = step
             save_checkpoint(accelerator, out, step, state, resolved, cfg.save_total_limit)
         if stopping:
@@ -560,6 +638,7 @@ def main(argv=None) -> None:
     # The final model: a plain Hugging Face model at full depth. The last stage always has L unique layers
     # and always runs (model_config and build_schedule refuse anything else), so no growth is left to do.
     # Every rank joins get_state_dict: under FSDP each holds a shard and gathering is collective.
+    guard.close()  # the last collectives of the run follow; the launchers may end before all ranks do
     accelerator.wait_for_everyone()
     final_state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
@@ -573,21 +652,50 @@ def main(argv=None) -> None:
     accelerator.end_training()
 
 
+def throughput(since: dict, now: dict, devices: int, peak_tflops: float | None) -> str:
+    """Tokens per second and MFU between two snapshots of the trainer state (for a console line)."""
+    seconds = now["elapsed_s"] - since["elapsed_s"]
+    rate = tokens_per_s(now["tokens"] - since["tokens"], seconds)
+    util = mfu(now["flops"] - since["flops"], seconds, devices, peak_tflops)
+    return f"tok/s {rate:.0f}" + (f" MFU {100 * util:.1f}%" if util is not None else "")
+
+
+def device_name(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def cli(argv=None) -> int:
-    """Run `main`; a bad flag (exit 2) or a non-finite loss (exit 3) is one line on stderr, no traceback."""
+    """Run `main`. A bad flag (exit 2), a non-finite loss (exit 3) or a failure on any rank (exit 1, after
+    the traceback) ends with one line on stderr; a failing rank makes every other rank of the job end too."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SurvivingStream(sys.stdout), SurvivingStream(sys.stderr)  # a dead `tee` ends no run
+    prog = os.path.basename(sys.argv[0])
+    guard = FailureGuard()
     try:
-        main(argv)
+        main(argv, guard)
         return 0
-    except ConfigError as err:
-        sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {err}\n")
-        return 2
-    except FloatingPointError as err:
-        sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {err}\n")
-        return 3
+    except (ConfigError, FloatingPointError) as err:
+        guard.close()  # this thread reports now, not the watcher
+        guard.announce(err)  # a rank that fails alone (e.g. one that waited past --ddp_timeout) ends the others
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return 2 if isinstance(err, ConfigError) else 3
+    except Exception as err:  # noqa: BLE001 - anything else: say where, and end the other ranks too
+        guard.close()
+        earlier = guard.failure_elsewhere()
+        if earlier:  # a consequence (e.g. gloo's "connection closed by peer"): the first failure is the news
+            line = f"rank {guard.rank} stopped: {earlier}"
+        else:
+            line = guard.announce(err)
+            traceback.print_exc()  # this rank's own failure: the traceback is for debugging it
+        sys.stderr.write(f"{prog}: error: {line}\n")
+        return 1
     finally:  # main installs preemption handlers; put the caller's back (tests call cli in-process)
+        guard.close()
+        close_open_logs()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":

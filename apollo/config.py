@@ -98,6 +98,10 @@ class TrainConfig:
     output_dir: str | None = _f(None, "Where metrics, checkpoints and the final model go (required).")
     overwrite_output_dir: bool = _f(False, "Clear a non-empty --output_dir before starting.")
     logging_steps: int = _f(10, "Print a progress line every N optimizer steps (metrics.jsonl gets every step).")
+    peak_tflops: float | None = _f(None, "Peak dense bf16 TFLOP/s of one device, for the MFU in the logs (achieved "
+                                   "training FLOP/s per device / this peak). Default: from the GPU's name for "
+                                   "A100 (312), H100 SXM (989), H100 PCIe (756), H100/H200 NVL (835), H200 (989); "
+                                   "elsewhere (e.g. the CPU) MFU is not logged.")
     eval_steps: int | None = _f(None, "Evaluate at full depth every N optimizer steps (and at the end). "
                                 "Default: 10 evaluations per run.")
     save_strategy: str = _f("steps", "When to write checkpoints. Whatever it says, SIGTERM/SIGINT (preemption) "
@@ -194,6 +198,8 @@ class TrainConfig:
                               "needs --apollo_layers (there is no growth in a run from scratch)")
         if self.learning_rate <= 0:
             raise ConfigError("learning_rate", f"must be > 0, got {self.learning_rate}")
+        if self.peak_tflops is not None and not 0 < self.peak_tflops < float("inf"):
+            raise ConfigError("peak_tflops", f"must be a positive number of TFLOP/s, got {self.peak_tflops}")
         if self.train_file and self.dataset_dir:
             raise ConfigError("dataset_dir", "give either --train_file or --dataset_dir, not both")
         if self.apollo_epoch_list and self.apollo_step_list:

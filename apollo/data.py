@@ -368,9 +368,18 @@ class BlockCollator:
         return {"input_ids": torch.cat(inputs), "labels": torch.cat(labels)}
 
 
-def eval_batches(blocks, batch_size: int, rank: int, world_size: int, collator):
-    """This rank's share of the fixed validation blocks, in order (keys use a reserved epoch)."""
+def eval_batches(blocks, batch_size: int, rank: int, world_size: int, collator, pad: bool = False):
+    """This rank's share of the fixed validation blocks, in order (keys use a reserved epoch).
+
+    With `pad`, a last batch with fewer rows is filled up to `batch_size` with copies of its last row
+    whose labels are all -100: they carry no target, so the loss over the batch's targets is the same.
+    """
     indices = list(range(rank, len(blocks), world_size))
     dataset = KeyedBlocks(blocks)
     for lo in range(0, len(indices), batch_size):
-        yield collator(dataset.__getitems__([(EVAL_EPOCH, i) for i in indices[lo:lo + batch_size]]))
+        batch = collator(dataset.__getitems__([(EVAL_EPOCH, i) for i in indices[lo:lo + batch_size]]))
+        missing = batch_size - len(batch["input_ids"]) if pad else 0
+        if missing > 0:
+            batch = {k: torch.cat([v, v[-1:].expand(missing, *v.shape[1:])]) for k, v in batch.items()}
+            batch["labels"][-missing:] = -100
+        yield batch

@@ -2,6 +2,8 @@
 
 Both are JSON lines. On resume from step k, lines that belong to steps after k (written before
 a crash, past the last checkpoint) are dropped so the files continue without duplicates.
+Lines are buffered and reach the file at `flush()` (the loop flushes at logging steps, evaluations,
+checkpoints and exit; `flush_open_logs` on errors), not once per step or micro-batch on every rank.
 """
 from __future__ import annotations
 
@@ -10,6 +12,11 @@ import os
 from pathlib import Path
 
 from .plan import growth_map
+
+
+# Logs not yet closed, held here so that a run ending with an error (whose frames, logs included, are
+# gone by then) still writes their last lines: cli() closes them, the failure guard flushes them.
+_OPEN: set["JsonLines"] = set()
 
 
 class JsonLines:
@@ -26,13 +33,34 @@ class JsonLines:
         elif keep_through_step is None and self.path.exists():
             self.path.unlink()
         self.file = open(self.path, "a")
+        self.pending: list[str] = []
+        _OPEN.add(self)
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        self.pending.append(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        if self.pending and not self.file.closed:
+            self.file.write("".join(self.pending))
+            self.file.flush()
+        self.pending = []
 
     def close(self) -> None:
+        self.flush()
         self.file.close()
+        _OPEN.discard(self)
+
+
+def flush_open_logs() -> None:
+    """Write out every open log's buffered lines (on an error, before the process ends)."""
+    for log in list(_OPEN):
+        log.flush()
+
+
+def close_open_logs() -> None:
+    """Write out and close every log still open (at the end of a run, however it ended)."""
+    for log in list(_OPEN):
+        log.close()
 
 
 def _parse(line: str) -> dict | None:

@@ -7,6 +7,8 @@
     python benchmarks/growth_study.py trend         # the gate's depths at their best LR at shorter lengths
     python benchmarks/growth_study.py report        # tables + figure from whatever runs exist (no training)
     python benchmarks/growth_study.py gate --preset gpu --dataset_dir DIR   # the same on one GPU (README)
+    python benchmarks/growth_study.py gate --preset cpu-docs    # the gate on the documentation corpus
+    python benchmarks/growth_study.py gate --preset gpu --corpus data/docs  # ... on one GPU, no network
 
 The gate comes first because a growth "saving" means nothing where depth does not pay: if a
 2-layer model trained on the same tokens beats the 12-layer one, growing into 12 layers cannot be
@@ -28,13 +30,15 @@ Methods (all GPT-2, same data, tokenizer, batch, token budget, schedule shape, e
   apollo_knobs Apollo with the knob settings of --knobs (growth warmup, growth noise, WSD)
 
 Every run is a `run_pretrain.py` command; its folder is named by a hash of the command, so
-re-running a phase skips finished runs (resume a killed study by running it again). Results go to
+re-running a phase skips finished runs and continues a stopped one from its newest checkpoint (saved
+every 5% of a run, and on SIGTERM/SIGINT): resume a killed study by running it again. Results go to
 benchmarks/results/growth_study/<preset>/ (summary.json, tables, figure); run folders (models,
 not committed) to runs/growth_study/.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -56,6 +60,10 @@ PRESETS = {
     # 2M training tokens: one epoch is ~950 steps of 16 x 128).
     "cpu": dict(width=128, heads=4, vocab=2048, seq=128, batch=16, dropout=0.0, eval_samples=200,
                 gate_lrs="1e-3,2e-3,4e-3", jobs=2, threads=1, precision="no"),
+    # The same on the ~45 MB documentation corpus (data/build_docs_corpus.py; ~14M training tokens at
+    # this 2k BPE, one epoch ~7,000 steps), where the 12-layer deficit closed to 0.04 nats in a pilot.
+    "cpu-docs": dict(width=128, heads=4, vocab=2048, seq=128, batch=16, dropout=0.0, eval_samples=200,
+                     gate_lrs="1e-3,2e-3,4e-3", jobs=2, threads=1, precision="no", corpus="data/docs"),
     # One GPU: GPT2-Base width (768, 12 heads), sequence 512, bf16, a 32k BPE; data from
     # download_train_datasets.py (--dataset_dir), since 2M embedded tokens are far too few.
     # For the tests: seconds per run.
@@ -74,6 +82,8 @@ def parse_args(argv=None):
     a("phase", choices=("gate", "trend", "sweep", "lengths", "report"), help="What to run (see above).")
     a("--preset", default="cpu", choices=sorted(PRESETS), help="Model/data size (see PRESETS).")
     a("--dataset_dir", help="A dataset saved by download_train_datasets.py (default: the embedded corpus).")
+    a("--corpus", help="A folder with train.txt and validation.txt, e.g. data/docs from data/build_docs_corpus.py "
+                       "(the cpu-docs preset's default); with --preset gpu, a GPU machine needs no network.")
     a("--gate_depths", default="2,4,12", help="Depths of the gate's scratch runs (the last is the full depth).")
     a("--gate_lrs", help="Peak LRs tried per depth in the gate (default: the preset's).")
     a("--gate_steps", type=int, help="Steps of the gate runs (default: one epoch; never more: no block twice).")
@@ -96,12 +106,30 @@ def parse_args(argv=None):
     a("--dry_run", action="store_true", help="Print the commands and exit.")
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
+    args.corpus = corpus_path(args.corpus, preset.get("corpus"), args.dataset_dir)
     args.gate_lrs = args.gate_lrs or preset["gate_lrs"]
     args.sweep_lrs = args.sweep_lrs or args.gate_lrs
     args.jobs = args.jobs or preset["jobs"]
     args.threads = args.threads or preset["threads"]
-    args.results = Path(args.results_dir) / args.preset
+    # Results per preset; a corpus the preset does not name adds its folder's name (gpu + data/docs: gpu-docs).
+    own = args.corpus in (None, preset.get("corpus"))
+    args.results = Path(args.results_dir) / (args.preset if own else f"{args.preset}-{Path(args.corpus).name}")
     return args
+
+
+def corpus_path(given: str | None, preset_corpus: str | None, dataset_dir: str | None) -> str | None:
+    """The corpus folder as the runs' commands name it, or None. Relative to the repository root when inside it
+    (runs start there), so that a run folder's name, a hash of its command, is the same in every checkout."""
+    if given is None and preset_corpus is None:
+        return None
+    if dataset_dir:
+        sys.exit("growth_study.py: give --corpus or --dataset_dir, not both")
+    path = Path(given).resolve() if given else REPO / preset_corpus  # a preset's is relative to the repository
+    missing = [f for f in ("train.txt", "validation.txt") if not (path / f).is_file()]
+    if missing:
+        sys.exit(f"growth_study.py: the corpus {given or preset_corpus} is not built (no {' or '.join(missing)}): "
+                 f"run `python data/build_docs_corpus.py --out {given or preset_corpus}` first")
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,6 +150,8 @@ def base_command(args, depth: int, steps: int, lr: float, seed: int) -> list[str
            "--logging_steps", max(1, steps // 10), "--seed", seed, "--mixed_precision", pr["precision"]]
     if args.dataset_dir:
         cmd += ["--dataset_dir", args.dataset_dir]
+    if args.corpus:
+        cmd += ["--train_file", f"{args.corpus}/train.txt", "--validation_file", f"{args.corpus}/validation.txt"]
     return [str(x) for x in cmd + args.extra.split()]
 
 
@@ -152,11 +182,13 @@ def knob_flags(knobs: str, steps: int) -> list[str]:
 
 def one_epoch_steps(args) -> int:
     """Optimizer steps in one epoch of the preset's data, read from a finished run's resolved config."""
+    probe = base_command(args, 2, 1, 1e-3, 1)
+    data = [probe[probe.index(flag) + 1] if flag in probe else None for flag in ("--train_file", "--dataset_dir")]
     for config in sorted(Path(args.runs_dir).glob("*/run_config.json")):
         c = json.loads(config.read_text())
         pr = PRESETS[args.preset]
         if (c.get("max_seq_length"), c.get("per_device_train_batch_size"), c.get("tokenizer_vocab_size"),
-                c.get("dataset_dir")) == (pr["seq"], pr["batch"], pr["vocab"], args.dataset_dir):
+                (c.get("train_file") or [None])[0], c.get("dataset_dir")) == (pr["seq"], pr["batch"], pr["vocab"], *data):
             return int(c["steps_per_epoch"])
     return 0
 
@@ -251,13 +283,35 @@ def run_jobs(args, jobs) -> None:
     from compare import is_done
 
     todo = [(m, out, cmd) for m, out, cmd, _ in jobs if not is_done(out, cmd) and not _failed(out, cmd)]
+    launched = {out: launch_command(out, cmd) for _, out, cmd in todo}
     if args.dry_run:
-        for _, out, cmd in todo:
-            print("python run_pretrain.py", " ".join(cmd), "--output_dir", out)
+        for _, out, _ in todo:
+            print("python run_pretrain.py", " ".join(launched[out]), "--output_dir", out)
         return
-    execute(todo, args, allow_failure=True)
-    for _, out, cmd, meta in jobs:
-        (out / "study_meta.json").write_text(json.dumps({**meta, "cmd": cmd}))
+    try:
+        execute([(m, out, launched[out]) for m, out, _ in todo], args, allow_failure=True)
+    finally:  # also when a stopped run ends the study: what finished is recorded under its own command
+        for _, out, cmd, meta in jobs:
+            for marker in (out / "compare_cmd.json", out / "compare_failed.json"):
+                if out in launched and marker.exists() and json.loads(marker.read_text()) == launched[out]:
+                    marker.write_text(json.dumps(cmd))
+            if out.is_dir():
+                (out / "study_meta.json").write_text(json.dumps({**meta, "cmd": cmd}))
+
+
+CHECKPOINTS_PER_RUN = 20  # a run stopped by a signal or killed outright loses at most 5% of its steps
+
+
+def launch_command(out: Path, cmd: list[str]) -> list[str]:
+    """A run's command as launched: with periodic checkpoints, and from its newest checkpoint when a stopped run
+    left one (SIGTERM/SIGINT also save one) instead of from scratch. These flags change when a run saves, not
+    what it computes (resume is exact), so they are not part of its command: its folder's hash or compare_cmd.json."""
+    steps = int(cmd[cmd.index("--max_train_steps") + 1])
+    flags = ["--save_strategy", "steps", "--save_steps", str(max(1, steps // CHECKPOINTS_PER_RUN)),
+             "--save_total_limit", "2"]
+    if any(out.glob("checkpoint-*/trainer_state.json")):
+        flags += ["--resume_from_checkpoint", "latest"]
+    return cmd + flags
 
 
 def _failed(out: Path, cmd) -> bool:
@@ -278,7 +332,8 @@ def unigram_entropy(run: Path, cmd: list[str]) -> float:
     cfg = parse_config(cmd + ["--output_dir", str(run)])
     tokenizer = AutoTokenizer.from_pretrained(str(run))
     counts = Counter()
-    texts = load_text_splits(cfg)["train"]["text"]
+    with contextlib.chdir(REPO):  # where the run started: its relative paths are relative to the repository
+        texts = load_text_splits(cfg)["train"]["text"]
     for lo in range(0, len(texts), 1000):
         for ids in tokenizer(texts[lo:lo + 1000], add_special_tokens=False)["input_ids"]:
             counts.update(ids)
@@ -432,7 +487,7 @@ def main(argv=None) -> None:
     if args.phase == "trend":
         run_jobs(args, tjobs)
     lrs, depths = [float(x) for x in args.gate_lrs.split(",")], sorted(map(int, args.gate_depths.split(",")))
-    summary.update(preset=args.preset, preset_config=PRESETS[args.preset], epoch_steps=epoch, gate=gate,
+    summary.update(preset=args.preset, preset_config=PRESETS[args.preset], corpus=args.corpus, epoch_steps=epoch, gate=gate,
                    commit=os.popen(f"git -C {REPO} rev-parse HEAD").read().strip())
 
     if args.phase in ("sweep", "lengths") and not gate.get("passed") and not args.force:
@@ -456,7 +511,8 @@ def main(argv=None) -> None:
     summary["lengths"] = cells
     summary[f"{args.phase}_wall_s"] = time.time() - start
 
-    text = [f"# Growth study, preset {args.preset}\n", f"One epoch = {epoch} optimizer steps.\n"]
+    text = [f"# Growth study, preset {args.preset}" + (f", corpus {args.corpus}" if args.corpus else "") + "\n",
+            f"One epoch = {epoch} optimizer steps.\n"]
     if gate:
         text += ["## Gate: scratch final eval loss by depth and peak LR\n", gate_table(gate, lrs, depths), "",
                  f"Unigram entropy of the training text: {gate.get('unigram_entropy', float('nan')):.3f} nats. "

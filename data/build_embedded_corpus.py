@@ -29,6 +29,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus_files import check_files, write_files  # noqa: E402
+
 MIN_CHARS = 40
 VALIDATION_EVERY = 20
 BIBLE_RANGE = "Gen1:1-Rev22:21"
@@ -301,13 +304,8 @@ def main():
     args = parse_args()
     files, stats = build(args.bible_cmd, args.jargon)
     if args.check:
-        stale = [n for n, data in files.items()
-                 if not (args.output_dir / n).is_file() or (args.output_dir / n).read_bytes() != data]
-        print("up to date" if not stale else f"differs: {', '.join(stale)}")
-        return 1 if stale else 0
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (args.output_dir / name).write_bytes(data)
+        return check_files(files, args.output_dir)
+    write_files(files, args.output_dir)
     for name, s in stats.items():
         print(f"{args.output_dir / name}: {s['bytes']:,} bytes, {s['lines']:,} documents "
               f"({s['kjv']} KJV, {s['jargon']} Jargon)")

@@ -19,6 +19,10 @@ launch() {
   # here), and the log file gets only the plain lines: awk keeps what follows a line's last \r, which
   # cuts the bar's carriage-return frames out. Not on a terminal: no bar at all.
   if [ -t 1 ]; then export APOLLO_PROGRESS_BAR=${APOLLO_PROGRESS_BAR:-1}; fi
-  { "${cmd[@]}" --output_dir "runs/${name}" --overwrite_output_dir "$@" 2>&1 | tee /dev/fd/3 |
-      awk '{ sub(/.*\r/, ""); print; fflush() }' >"${logs}/${name}.log"; } 3>&1
+  # Preemption or Ctrl-C signals every process of the job; the run checkpoints and exits. tee and awk
+  # ignore the signal (they end when the run closes its output; dead, they would break its prints),
+  # and this shell waits for the run (a trap runs after the foreground command ends) to return its status.
+  trap ':' TERM INT
+  { "${cmd[@]}" --output_dir "runs/${name}" --overwrite_output_dir "$@" 2>&1 | (trap '' TERM INT; exec tee /dev/fd/3) |
+      (trap '' TERM INT; exec awk '{ sub(/.*\r/, ""); print; fflush() }') >"${logs}/${name}.log"; } 3>&1
 }

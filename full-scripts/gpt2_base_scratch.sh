@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPT2-Base (causal LM) from scratch, with the official full-scale settings
-# (method spec section 6): 12 blocks of 1024 tokens per GPU x 2 accumulation,
+# (method spec section 6): 12 blocks of 1024 tokens per GPU and a global batch of 768 blocks (the
+# accumulation follows from the GPU count; GLOBAL_BATCH or ACCUM changes it),
 # AdamW lr 1e-4, wd 0.01, cosine, warmup 0.025, 40 epochs, bf16.
 #
 # One node:        DATASET_DIR=data/wiki_books full-scripts/gpt2_base_scratch.sh
@@ -13,7 +14,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 TOKENIZER=${TOKENIZER:-gpt2}  # Hub name or local folder
-ACCUM=2
+PER_DEVICE_BATCH=12  # blocks per GPU per micro-batch, as in the paper's runs
+PAPER_ACCUM=2  # their accumulation on 32 GPUs: the default global batch is 768 blocks (GLOBAL_BATCH)
 FSDP_WRAP=GPT2Block  # the FSDP unit, with accelerate_fsdp.yaml
 SMOKE_MODEL="n_layer=12,n_embd=16,n_head=2"
 
@@ -21,7 +23,7 @@ SMOKE_MODEL="n_layer=12,n_embd=16,n_head=2"
 # its vocabulary follows the tokenizer.
 launch gpt2-base-scratch \
     --model_type gpt2 \
-    --max_seq_length 1024 --per_device_train_batch_size 12 --gradient_accumulation_steps "$ACCUM" \
+    --max_seq_length 1024 \
     --num_train_epochs 40 --learning_rate 1e-4 --weight_decay 0.01 \
     --adam_beta1 0.9 --adam_beta2 0.999 --adam_epsilon 1e-8 \
     --lr_scheduler_type cosine --warmup_ratio 0.025 \

@@ -79,8 +79,58 @@ def run_inprocess(args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
+WALL_CLOCK_FIELDS = ("elapsed_s", "tokens_per_s", "mfu")  # metrics.jsonl fields that vary between identical runs
+
+
+def signal_whole_job(pid: int, signum) -> None:
+    """What a batch scheduler does on preemption or cancel: signal every process of the job at once.
+
+    `pid` leads a process group (started with start_new_session). The group holds the shell, `tee`
+    and the launcher; torchrun starts each rank in a session of its own, so the ranks and their
+    DataLoader workers are reached as descendants.
+    """
+    import psutil
+
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signum)
+    for proc in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signum)
+
+
+def preempt(command, *, env, ready, cwd=REPO, timeout=300) -> subprocess.CompletedProcess:
+    """Run COMMAND in a session of its own; once `ready()` holds, SIGTERM to every process of it (a scheduler's
+    preemption); wait for it to end. Its stdout and stderr come back together as stdout."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.005)
+        signal_whole_job(proc.pid, signal.SIGTERM)
+        console, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            signal_whole_job(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, proc.returncode, console, "")
+
+
 def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def metrics_without_wall_clock(output_dir) -> list[dict]:
+    """OUTPUT_DIR/metrics.jsonl without the fields that differ between identical runs."""
+    records = read_jsonl(Path(output_dir) / "metrics.jsonl")
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in records]
 
 
 def final_weights(output_dir) -> dict:

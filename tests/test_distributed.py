@@ -1,4 +1,6 @@
-"""Two CPU processes (torchrun, gloo) against one (issue #4, part 3, and preemption of all ranks).
+"""Two CPU processes (torchrun, gloo) against one (issue #4, part 3, and preemption of all ranks), and the
+loop's multi-process behaviour (issue 14): idle Apollo slots out of DDP, one host sync and one collective
+per steady-state step, and a failing rank that ends every rank (one node, and two one-process "nodes").
 
 GPT-2 with dropout off: dropout masks come from each rank's own RNG stream, so with dropout on,
 2 processes and 1 process necessarily drop different units. BERT is not used for the weight
@@ -9,9 +11,13 @@ Each torchrun launch costs 15-40 s on two cores, so the launches are few and eac
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import psutil
@@ -20,7 +26,7 @@ import torch
 
 from apollo.checkpoint import complete_checkpoints, read_trainer_state
 from conftest import REPO, TORCHRUN_2, entry_command, final_weights, read_jsonl, run_inprocess, run_subprocess, \
-    subprocess_env
+    signal_whole_job, subprocess_env
 
 TOTAL = 8
 GROWTH_STEPS = [3, 5]  # stages 1, 2, 4 unique layers end after steps 2 and 4
@@ -51,12 +57,26 @@ def one_process(tmp_path_factory, run_args):
     return out
 
 
+COUNT_SYNCS = str(REPO / "tests" / "count_syncs.py")
+PEAK = 0.002  # --peak_tflops of the reference run: MFU is per device
+DDP_FOUND_NOTHING = "find_unused_parameters=True was specified in DDP constructor, but did not find any unused"
+
+
+def torchrun(args, *, env_extra=None, entry=None, timeout=300) -> subprocess.CompletedProcess:
+    """2 CPU processes of `entry` (default run_pretrain.py) with ARGS."""
+    command = [*TORCHRUN_2, entry or str(REPO / "run_pretrain.py"), *map(str, args)]
+    return subprocess.run(command, cwd=REPO, env={**subprocess_env(), **(env_extra or {})}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, run_args):
+    """The 2-process reference run, through tests/count_syncs.py (it only observes: see its docstring)."""
     out = tmp_path_factory.mktemp("two_processes") / "run"
-    result = run_subprocess(run_args(out, 2, "--save_strategy", "no"), launcher=TORCHRUN_2)
+    result = torchrun(run_args(out, 2, "--save_strategy", "no", "--peak_tflops", PEAK), entry=COUNT_SYNCS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_jsonl(out / "metrics.jsonl")  # rank 0 logged
+    (out / "stderr.txt").write_text(result.stderr)
     return out
 
 
@@ -135,3 +155,141 @@ def test_gradient_checkpointing_matches_bit_for_bit(run_args, two_processes, tmp
     assert all(torch.equal(plain[n], checkpointed[n]) for n in plain)
     losses = lambda run: [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
     assert losses(out) == losses(two_processes) and len(losses(out)) == TOTAL
+
+
+# ---- DDP without the unused-parameter search (issue 14, item 5) --------------------------------
+def test_idle_slots_out_of_ddp_train_bit_identically_to_the_unused_parameter_search(run_args, two_processes,
+                                                                                  tmp_path):
+    """The reference for keeping idle slots out of DDP (and re-wrapping DDP at each growth) is the former
+    setup, every slot in DDP with find_unused_parameters=True, kept reachable for this test only. On 2
+    processes gloo sums each gradient element of two ranks, so bucketing cannot change a bit: the final
+    weights and every logged loss must be equal. DDP's warning that the search found nothing (it searched in
+    the last stage, where every slot is used) must be gone."""
+    out = tmp_path / "find_unused"
+    old = torchrun(run_args(out, 2, "--save_strategy", "no"), env_extra={"APOLLO_TEST_DDP_FIND_UNUSED": "1"})
+    assert old.returncode == 0, old.stderr[-3000:]
+    new, reference = final_weights(two_processes), final_weights(out)
+    assert new.keys() == reference.keys()
+    differ = [n for n in reference if not torch.equal(new[n], reference[n])]
+    assert not differ, f"weights differ from the find_unused_parameters run: {differ}"
+    losses = lambda run: [r.get("loss", r.get("eval_loss")) for r in read_jsonl(run / "metrics.jsonl")]
+    assert losses(two_processes) == losses(out)
+    assert DDP_FOUND_NOTHING in old.stderr  # the check below can fail
+    assert DDP_FOUND_NOTHING not in (two_processes / "stderr.txt").read_text()
+
+
+# ---- one host sync per step (issue 14, item 6) --------------------------------------------------
+# transformers' causal-mask preparation reads one value per forward pass of a causal LM (it checks
+# whether the position ids hold packed sequences); it sits inside the stock model, not in our loop.
+LIBRARY_SYNC = "__bool__ in masking_utils.py:find_packed_sequence_indices"
+
+
+def test_one_host_sync_and_one_collective_per_steady_state_step(two_processes):
+    """Per optimizer step without an evaluation, growth or checkpoint: one transfer to the host (loss,
+    gradient norm and stop flag together) and one all-reduce, on both ranks."""
+    for rank in (0, 1):
+        intervals = json.loads((two_processes / f"syncs.rank_{rank}.json").read_text())
+        assert len(intervals) == TOTAL + 1  # one per step, then the work after the last update
+        steady = [i for i in range(1, TOTAL) if not intervals[i]["events"]]
+        assert len(steady) >= 4, intervals
+        for i in steady:
+            syncs = [c for c in intervals[i]["syncs"] if not c.startswith(LIBRARY_SYNC)]
+            assert len(syncs) == 1 and syncs[0].startswith("tolist in run_pretrain.py:step_outcome"), (i, syncs)
+            assert len(intervals[i]["syncs"]) - len(syncs) == 2  # the library's, once per micro-batch
+            [collective] = intervals[i]["collectives"]
+            assert collective.startswith("all_reduce in run_pretrain.py:step_outcome"), (i, collective)
+        # The counter sees what it should: evaluations and growths add their own.
+        assert any(len(intervals[i]["collectives"]) > 1 for i in range(TOTAL) if "evaluation" in intervals[i]["events"])
+
+
+def test_mfu_is_per_device(two_processes):
+    """The job's FLOPs of a step (both ranks') over its seconds, over 2 devices' peak."""
+    previous = 0.0
+    for r in [r for r in read_jsonl(two_processes / "metrics.jsonl") if "loss" in r]:
+        seconds = r["elapsed_s"] - previous
+        assert r["mfu"] == pytest.approx(r["step_flops"] / seconds / 2 / (PEAK * 1e12), rel=1e-3)
+        assert r["tokens_per_s"] == pytest.approx(2 * 2 * 2 * 32 / seconds, rel=1e-3)  # ranks x batch x accum x seq
+        previous = r["elapsed_s"]
+
+
+# ---- a failing rank ends the job (issue 14, item 4) -----------------------------------------------
+FAIL_STEP = 6  # checkpoint 4 is the last one before it (--save_steps 4), and no log line is written after it
+LINGER = str(REPO / "tests" / "linger_after_failure.py")
+
+
+def error_lines(text: str) -> list[str]:
+    return [line.split("error: ", 1)[1] for line in text.splitlines() if ": error: " in line]
+
+
+def assert_failure_reported(failing: int, stderr_failing: str, stderr_other: str) -> None:
+    """One line from each rank: the failing one says where it failed, the other that it stopped for that."""
+    failed = f"rank {failing} failed at step {FAIL_STEP}: RuntimeError: APOLLO_TEST_FAIL_AT={failing}:{FAIL_STEP}: " \
+             f"a failure planted for a test"
+    other = 1 - failing
+    assert [line for line in error_lines(stderr_failing) if line.startswith(f"rank {failing} ")] == [failed], \
+        stderr_failing[-3000:]
+    assert [line for line in error_lines(stderr_other) if line.startswith(f"rank {other} ")] == [
+        f"rank {other} stopped: {failed}"], stderr_other[-3000:]
+
+
+def assert_logged_until_the_failure(out) -> None:
+    """metrics.jsonl (rank 0's) holds every step before the failure: buffered lines were written on the way down
+    (no logging step, evaluation or checkpoint came after step 4)."""
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r] == list(range(1, FAIL_STEP))
+
+
+def test_a_failing_rank_ends_both_ranks_of_one_node_and_the_last_checkpoint_resumes_exactly(run_args, two_processes,
+                                                                                          tmp_path):
+    """torchrun's agent would end the failed rank's sibling by itself on one node; our part is the line that
+    says which rank failed where, the logs written up to the failure, and a checkpoint that resumes exactly.
+    Rank 0, which writes metrics.jsonl, fails here. --ddp_timeout 3600: a rank left waiting would hit the
+    test's timeout first."""
+    out = tmp_path / "failed"
+    args = run_args(out, 2, "--save_steps", 4, "--ddp_timeout", 3600, "--logging_steps", 100)
+    result = torchrun(args, env_extra={"APOLLO_TEST_FAIL_AT": f"0:{FAIL_STEP}"})
+    assert result.returncode != 0
+    assert_failure_reported(0, result.stderr, result.stderr)
+    assert_logged_until_the_failure(out)
+    assert [p.name for p in complete_checkpoints(out)] == ["checkpoint-4"]
+
+    resumed = torchrun(run_args(out, 2, "--save_strategy", "no", "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got, want = final_weights(out), final_weights(two_processes)
+    assert all(torch.equal(got[n], want[n]) for n in want), "resume after a failure is not exact"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_failing_rank_on_another_node_ends_this_node(run_args, tmp_path):
+    """Two one-process "nodes" (two torchrun launches, no agent kills the other's rank). The failing rank 1
+    stays alive after its failure (tests/linger_after_failure.py), as a rank on another node whose death
+    NCCL does not notice: rank 0's next collective would then wait for --ddp_timeout (3600 s here). It must
+    end well before the test's timeout, non-zero, saying which rank failed where."""
+    out = tmp_path / "two_nodes"
+    port = free_port()
+    args = [str(a) for a in run_args(out, 2, "--save_steps", 4, "--ddp_timeout", 3600, "--logging_steps", 100)]
+    env = {**subprocess_env(), "APOLLO_TEST_FAIL_AT": f"1:{FAIL_STEP}"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--node_rank", str(k), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               LINGER, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True) for k in (0, 1)]
+    marker = out / "lingering.rank_1"
+    try:
+        _, stderr_0 = nodes[0].communicate(timeout=300)
+        assert nodes[0].returncode != 0
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:  # rank 1 has printed its line
+            time.sleep(0.1)
+    finally:
+        if marker.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(marker.read_text()), signal.SIGKILL)
+        for node in nodes:  # its launcher, and its rank (in a session of its own) if still there
+            signal_whole_job(node.pid, signal.SIGKILL)
+        _, stderr_1 = nodes[1].communicate(timeout=60)
+    assert_failure_reported(1, stderr_1, stderr_0)
+    assert_logged_until_the_failure(out)  # by rank 0's watcher, on its way out

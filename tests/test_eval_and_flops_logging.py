@@ -26,6 +26,7 @@ from transformers import AutoConfig
 
 from apollo.flops import training_flops
 from conftest import REPO, read_jsonl
+from test_logged_figures import Flags, assert_figures_are_independent_counts
 
 SEQ, BATCH, BLOCKS = 32, 4, 16
 TINY = {"gpt2": "n_layer=12,n_embd=32,n_head=2",
@@ -138,3 +139,15 @@ def test_eval_lines_carry_cumulative_training_flops(runs, model, cadence):
         t = by_step[e["step"]]
         assert e["flops"] == t["flops"] == sum(r["step_flops"] for r in train if r["step"] <= e["step"])
         assert (e["tokens"], e["elapsed_s"]) == (t["tokens"], t["elapsed_s"])
+
+
+# The flags of the "every2" runs, for the independent counts of tests/test_logged_figures.py: one process
+# from scratch, and one process with accumulation 2 and stage ends given as steps.
+FLAGS = {"gpt2": Flags(world=1, batch=BATCH, accum=1, seq=SEQ, blocks=BLOCKS, epochs=2, seed=7),
+         "bert": Flags(world=1, batch=BATCH, accum=2, seq=SEQ, blocks=BLOCKS, epochs=4, layers=(1, 3, 6, 12),
+                       ends=(2, 4, 6, 8), ends_in="steps", seed=7)}
+
+
+@pytest.mark.parametrize("model", list(RUNS))
+def test_logged_figures_equal_independent_counts(runs, model):
+    assert_figures_are_independent_counts(runs[model, "every2"], FLAGS[model])

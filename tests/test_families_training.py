@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from apollo.growth import grow_layers
 from apollo.plan import depth_plan, growth_map
 from apollo.shared_layers import layer_slots, run_along
-from conftest import REPO, TORCHRUN_2, final_weights, read_jsonl, run_inprocess, run_subprocess, subprocess_env
+from conftest import REPO, TORCHRUN_2, final_weights, metrics_without_wall_clock, read_jsonl, run_inprocess, \
+    run_subprocess, subprocess_env
 from test_families import make, tiny
 from test_resume import assert_same_run, killed_after
 
@@ -93,7 +94,7 @@ def run_example(script, out, corpus, *extra):
     result = subprocess.run(["bash", f"example-scripts/{script}", "--output_dir", str(out), *corpus, *EXAMPLE,
                              *map(str, extra)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_jsonl(out / "metrics.jsonl")]
+    return metrics_without_wall_clock(out)
 
 
 def test_llama_example_scripts_and_one_stage_equals_scratch(tiny_corpus, tmp_path):

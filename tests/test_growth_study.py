@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
-from conftest import REPO, read_jsonl, subprocess_env
+import torch
+
+from conftest import REPO, final_weights, read_jsonl, subprocess_env
+
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def study(tmp: Path, tiny_corpus, *args) -> subprocess.CompletedProcess:
@@ -50,5 +55,57 @@ def test_gate_runs_reports_and_blocks_the_study(tmp_path, tiny_corpus):
 
     again = study(tmp_path, tiny_corpus, "gate", "--gate_depths", "1,2", "--gate_steps", "3")
     assert again.returncode == 0 and "[compare] start" not in again.stdout  # finished runs are not repeated
+
+    # A run stopped after its checkpoint at step 2 goes on from there when the study runs again, and ends
+    # exactly where it ended uninterrupted (the checkpoints come from the study's periodic saves).
+    row = next(r for r in gate["rows"] if r["depth"] == 2)
+    run = tmp_path / "runs" / row["run"]
+    uninterrupted = final_weights(run)
+    (run / "model.safetensors").unlink()
+    (run / "compare_cmd.json").unlink()
+    shutil.rmtree(run / "checkpoint-3")
+    resumed = study(tmp_path, tiny_corpus, "gate", "--gate_depths", "1,2", "--gate_steps", "3")
+    assert resumed.returncode == 0 and resumed.stdout.count("[compare] start") == 1, resumed.stderr[-3000:]
+    assert f"Resumed from {run / 'checkpoint-2'} at step 2" in (tmp_path / "runs" / "logs" / f"{run.name}.log").read_text()
+    assert all(torch.equal(w, final_weights(run)[k]) for k, w in uninterrupted.items())
+    assert json.loads((run / "compare_cmd.json").read_text()) == row["cmd"]  # done, under the run's own command
+    evals = [r for r in read_jsonl(run / "metrics.jsonl") if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2, 3] and evals[-1]["eval_loss"] == finals[2]  # none twice
     refused = study(tmp_path, tiny_corpus, "sweep", "--gate_depths", "1,2", "--gate_steps", "3")
     assert refused.returncode != 0 and "the gate has not passed" in refused.stderr
+
+
+DOCS_FIXTURE = REPO / "tests" / "fixtures" / "docs_corpus" / "expected"  # a corpus the docs builder wrote
+
+
+def test_a_corpus_preset_refuses_an_unbuilt_corpus_and_trains_on_a_built_one(tmp_path):
+    base = [sys.executable, str(REPO / "benchmarks" / "growth_study.py"), "gate", "--dry_run",
+            "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")]
+    (tmp_path / "docs").mkdir()
+    refused = subprocess.run(base + ["--preset", "cpu-docs", "--corpus", str(tmp_path / "docs")], cwd=REPO,
+                             env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "is not built" in refused.stderr and "build_docs_corpus.py" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+    for preset in ("cpu-docs", "gpu"):  # the GPU preset takes the same corpus instead of a Hub download
+        ok = subprocess.run(base + ["--preset", preset, "--corpus", str(DOCS_FIXTURE)], cwd=REPO,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        probe = ok.stdout.split()
+        folder = "tests/fixtures/docs_corpus/expected"  # relative to the repository: the run folder's hash is too
+        assert probe[probe.index("--train_file") + 1] == f"{folder}/train.txt"
+        assert probe[probe.index("--validation_file") + 1] == f"{folder}/validation.txt"
+        assert "--dataset_dir" not in probe
+
+
+def test_epoch_length_is_read_from_a_run_on_the_same_data(tmp_path):
+    import growth_study
+
+    runs = tmp_path / "runs"
+    for name, train_file, steps in (("a-embedded", None, 761), ("b-docs", ["tests/fixtures/docs_corpus/expected/train.txt"], 7000)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "run_config.json").write_text(json.dumps({
+            "max_seq_length": 128, "per_device_train_batch_size": 16, "tokenizer_vocab_size": 2048,
+            "train_file": train_file, "dataset_dir": None, "steps_per_epoch": steps}))
+    docs = growth_study.parse_args(["gate", "--preset", "cpu-docs", "--corpus", str(DOCS_FIXTURE), "--runs_dir", str(runs)])
+    assert growth_study.one_epoch_steps(docs) == 7000
+    assert growth_study.one_epoch_steps(growth_study.parse_args(["gate", "--preset", "cpu", "--runs_dir", str(runs)])) == 761

@@ -1,6 +1,7 @@
 """Launch-path checks (issue #8, parts 4 and 5): --ddp_timeout reaches the process group, the
-console log of the example scripts is readable, and every command the README documents runs as
-written from the repository root."""
+console log of the example scripts is readable, every command the README documents runs as
+written from the repository root, and (issue 14) an example script preempted as a scheduler does
+it checkpoints and resumes exactly."""
 from __future__ import annotations
 
 import os
@@ -11,8 +12,11 @@ import sys
 import time
 
 import pytest
+import torch
 
-from conftest import REPO, TORCHRUN_2, entry_command, subprocess_env
+from apollo.checkpoint import complete_checkpoints, read_trainer_state
+from conftest import REPO, TORCHRUN_2, entry_command, final_weights, metrics_without_wall_clock, preempt, \
+    subprocess_env
 
 TINY = ["--model_type", "gpt2", "--tokenizer_vocab_size", 2048, "--max_seq_length", 32,
         "--config_overrides", "n_layer=2,n_embd=32,n_head=2", "--max_eval_samples", 4]
@@ -42,14 +46,22 @@ def test_short_ddp_timeout_fails_with_one_line_and_a_longer_one_passes(tiny_corp
     assert (out / "model.safetensors").exists()
 
 
-def run_example(cache, *flags, tty: bool):
-    """The GPT-2 example script on a tiny model; its console output (through a pseudo-terminal if `tty`)."""
-    env = {**os.environ, "APOLLO_CACHE": str(cache), "APOLLO_LOG_DIR": str(cache / "logs"), "OMP_NUM_THREADS": "1"}
+def example_command(cache, *flags, folder=None):
+    """The GPT-2 example script on a tiny model, and its environment: token cache in CACHE, output in
+    FOLDER/run and log in FOLDER/logs (FOLDER: CACHE unless given)."""
+    folder = folder or cache
+    env = {**os.environ, "APOLLO_CACHE": str(cache), "APOLLO_LOG_DIR": str(folder / "logs"), "OMP_NUM_THREADS": "1"}
     env.pop("APOLLO_PROGRESS_BAR", None)
-    args = ["bash", "example-scripts/run_pretrain_gpt_example.sh", "--output_dir", str(cache / "run"),
+    args = ["bash", "example-scripts/run_pretrain_gpt_example.sh", "--output_dir", str(folder / "run"),
             "--config_overrides", "n_layer=2,n_embd=32,n_head=2", "--max_seq_length", "32",
-            "--per_device_train_batch_size", "4", "--max_train_steps", "6", "--logging_steps", "2",
-            "--max_eval_samples", "4", "--eval_steps", "6", "--save_strategy", "no", *flags]
+            "--per_device_train_batch_size", "4", "--max_train_steps", "12", "--logging_steps", "4",
+            "--max_eval_samples", "4", "--eval_steps", "12", "--save_strategy", "no", *flags]
+    return args, env
+
+
+def run_example(cache, *flags, tty: bool, folder=None):
+    """The example run; its console output (through a pseudo-terminal if `tty`)."""
+    args, env = example_command(cache, *flags, folder=folder)
     if not tty:
         result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -71,18 +83,53 @@ def run_example(cache, *flags, tty: bool):
     return b"".join(chunks).decode(errors="replace")
 
 
+@pytest.fixture(scope="module")
+def example_in_a_file(tmp_path_factory):
+    """The example run with its console in a file: (its cache folder, the console output)."""
+    cache = tmp_path_factory.mktemp("example")
+    return cache, run_example(cache, tty=False)
+
+
 @pytest.mark.parametrize("tty", [False, True], ids=["file", "terminal"])
-def test_example_log_file_has_plain_lines(tmp_path, tty):
-    console = run_example(tmp_path, tty=tty)
-    log = (tmp_path / "logs" / "gpt_example.log").read_text()
+def test_example_log_file_has_plain_lines(example_in_a_file, tmp_path, tty):
+    cache, console = example_in_a_file
+    folder = cache
+    if tty:  # the same token cache, a folder of its own
+        folder, console = tmp_path, run_example(cache, tty=True, folder=tmp_path)
+    log = (folder / "logs" / "gpt_example.log").read_text()
     assert "\r" not in log
-    assert re.findall(r"^step (\d+)/6 loss", log, flags=re.M) == ["2", "4", "6"]
-    assert re.findall(r"^step (\d+): eval_loss", log, flags=re.M) == ["0", "6"]  # on lines of their own
+    assert re.findall(r"^step (\d+)/12 loss", log, flags=re.M) == ["4", "8", "12"]
+    assert re.findall(r"^step (\d+): eval_loss", log, flags=re.M) == ["0", "12"]  # on lines of their own
     assert all(" 100%|" in line for line in re.findall(r"^train:.*", log, flags=re.M))  # the bar's final state only
     if tty:
         assert re.search(r"\rtrain: +\d+%", console)  # on a terminal the bar is kept
     else:
         assert "\r" not in console and not re.search(r"^train:", console, flags=re.M)
+
+
+def test_preempted_example_with_loader_workers_checkpoints_and_resumes_exactly(example_in_a_file, tmp_path):
+    """SIGTERM to every process of the example script (shell, python, its 2 DataLoader workers, tee, awk),
+    as a scheduler's preemption sends it: the run checkpoints at the next step boundary, the log keeps its
+    last lines (tee and awk outlived the signal), the script exits 0, and a resumed run (same command plus
+    --resume_from_checkpoint latest) ends exactly where the uninterrupted run ended."""
+    cache, _ = example_in_a_file
+    out = tmp_path / "run"
+    args, env = example_command(cache, "--dataloader_num_workers", "2", folder=tmp_path)
+    metrics = out / "metrics.jsonl"  # the step-0 evaluation reaches it before step 1
+    proc = preempt(args, env=env, ready=lambda: metrics.exists() and metrics.read_text() != "")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    [ckpt] = complete_checkpoints(out)
+    stopped = read_trainer_state(ckpt)["step"]
+    assert 1 <= stopped < 12
+    log = (tmp_path / "logs" / "gpt_example.log").read_text()
+    assert f"Stop requested: saved a checkpoint at step {stopped}" in log, proc.stdout[-3000:]
+
+    resumed = subprocess.run([*args, "--resume_from_checkpoint", "latest"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    got, want = final_weights(out), final_weights(cache / "run")
+    assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in want)
+    assert metrics_without_wall_clock(out) == metrics_without_wall_clock(cache / "run")
 
 
 def documented_python_commands() -> list[str]:
