@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -101,7 +102,6 @@ def summarize(runs: list[Run], reference: Run) -> dict:
         raise ValueError(f"reference run {reference.run_dir} has no eval lines")
     ref_final = reference.evals[-1]
     target = float(ref_final["eval_loss"])
-    ref_points = reference.points()
     out = {"reference": {"label": reference.label, "run_dir": reference.run_dir, "target_loss": target,
                          **{a: float(ref_final[a]) for a in AXES}},
            "savings_basis": "raw eval points (smoothing changes only the drawn curves)", "runs": []}
@@ -121,13 +121,70 @@ def summarize(runs: list[Run], reference: Run) -> dict:
         entry["to_target"] = reach if entry["reached_target"] else None
         entry["saved_pct"] = ({a: 100.0 * (1.0 - reach[a] / float(ref_final[a])) if ref_final[a] else None for a in AXES}
                               if entry["reached_target"] else None)
-        # Loss at equal FLOPs: at the reference's final FLOPs, or earlier if this run stopped first.
-        x = min(float(final["flops"]), float(ref_final["flops"]))
-        basis = "reference final FLOPs" if x == float(ref_final["flops"]) else "this run's final FLOPs (it stopped earlier)"
-        loss, ref_loss = loss_at(run.points(), x), loss_at(ref_points, x)
-        entry["equal_flops"] = {"flops": x, "basis": basis, "eval_loss": loss, "reference_eval_loss": ref_loss,
-                                "delta": None if loss is None or ref_loss is None else loss - ref_loss}
+        entry["equal_flops"] = equal_flops(run, reference)
     return out
+
+
+def equal_flops(run: Run, reference: Run) -> dict:
+    """Eval loss of the run and of the reference at the same FLOPs: the reference's final FLOPs, or the run's if
+    it stopped first (interpolated between eval points)."""
+    ref_x = float(reference.evals[-1]["flops"])
+    x = min(float(run.evals[-1]["flops"]), ref_x)
+    loss, ref_loss = loss_at(run.points(), x), loss_at(reference.points(), x)
+    return {"flops": x, "basis": "reference final FLOPs" if x == ref_x else "this run's final FLOPs (it stopped earlier)",
+            "eval_loss": loss, "reference_eval_loss": ref_loss, "delta": _minus(loss, ref_loss)}
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def equal_loss_saving(run: Run, reference: Run, axis: str = "flops") -> tuple[float | None, bool]:
+    """(% of `axis` saved at equal loss, whether the run reached the reference's final loss). Reached: the paper's
+    measure, 1 - the run's cost to reach that loss / the reference's. Not reached: measured at the run's own final
+    loss instead, 1 - the run's cost / the reference's cost to reach that loss, which is then negative (None if
+    the reference never got that high); the two agree when the final losses are equal."""
+    ref_final = reference.evals[-1]
+    if run is reference:  # it reaches its own final loss at its final point, by definition (see `summarize`)
+        return 0.0, True
+    reach = flops_to_reach(run.points(axis), float(ref_final["eval_loss"]))
+    if reach is not None:
+        return 100.0 * (1 - reach / float(ref_final[axis])), True
+    ref_reach = flops_to_reach(reference.points(axis), float(run.evals[-1]["eval_loss"]))
+    return (None if not ref_reach else 100.0 * (1 - float(run.evals[-1][axis]) / ref_reach)), False
+
+
+def versus_reference(run: Run, reference: Run, early_fraction: float = 0.25) -> dict:
+    """The numbers benchmarks average over seeds, for one run against the reference of its seed (scratch):
+    final loss and its difference, FLOPs and wall-clock saved at equal loss (`equal_loss_saving`), total FLOPs and
+    time as ratios, and the loss difference at equal FLOPs, at the run's end and at `early_fraction` of the
+    reference's FLOPs."""
+    final, ref_final = run.evals[-1], reference.evals[-1]
+    flops_saved, reached = equal_loss_saving(run, reference, "flops")
+    early = early_fraction * float(ref_final["flops"])
+    return {"final_loss": final["eval_loss"], "final_delta": final["eval_loss"] - ref_final["eval_loss"],
+            "reached_target": reached, "flops_saved_pct": flops_saved,
+            "wall_saved_pct": equal_loss_saving(run, reference, "elapsed_s")[0],
+            "flops_ratio": final["flops"] / ref_final["flops"], "wall_ratio": final["elapsed_s"] / ref_final["elapsed_s"],
+            "equal_flops_delta": equal_flops(run, reference)["delta"],
+            "early_delta": _minus(loss_at(run.points(), early), loss_at(reference.points(), early)),
+            "elapsed_s": final["elapsed_s"], "flops": final["flops"], "tokens": final.get("tokens")}
+
+
+def mean_std(values) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value) of the values that are not None."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def format_over_seeds(values, spec: str = "+.1f", unit: str = "") -> str:
+    """'mean ± std' of per-seed values for a table ('-' when there is none; no ± for one seed)."""
+    m, s = mean_std(values)
+    if m is None:
+        return "-"
+    return f"{m:{spec}}{unit}" + (f" ± {s:{spec.lstrip('+')}}" if len(values) > 1 else "")
 
 
 def _select(run_dirs, reference=None, labels=None) -> tuple[list[Run], Run]:

@@ -12,7 +12,7 @@ cadence, at full depth):
   stack    layers 1,3,6,12, depth = unique layers (`constant_low`), `stack` growth: progressive stacking.
 Stages end at --stage_fractions of the run (the last stage ends with it).
 
-Then, per seed, `apollo.plot.summarize_runs` with scratch as the reference, and over seeds mean and
+Then, per seed, `apollo.plot.versus_reference` with scratch as the reference, and over seeds mean and
 sample std of:
   FLOPs saved at equal loss  the paper's measure: 1 - FLOPs to reach scratch's final eval loss / scratch's
                              FLOPs. When a run never reaches that loss we measure at the run's own final
@@ -23,18 +23,16 @@ sample std of:
   loss at equal FLOPs        run's eval loss minus scratch's, at the run's final FLOPs (interpolated), and
                              early in training, at 25% of scratch's FLOPs.
 Writes RESULTS/TAG/{table.md, summary.json, <model>.png (seed 1, by `python -m apollo.plot`),
-<model>.json, all_seeds.png}. Run folders go to --runs_dir, named by a hash of their command: a run
-whose final model exists with the same command is not run again (resume a killed benchmark by
+<model>.json, all_seeds.png}. Run folders go to --runs_dir, named by a hash of their command (`runner.py`):
+a run whose final model exists with the same command is not run again (resume a killed benchmark by
 re-running it), and knob variations reuse the identical scratch runs.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import resource
 import json
 import os
-import statistics
+import resource
 import subprocess
 import sys
 import time
@@ -43,7 +41,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from apollo.plot import flops_to_reach, load_run, loss_at, summarize_runs  # noqa: E402
+from apollo.plot import format_over_seeds, load_run, versus_reference  # noqa: E402
+from benchmarks import runner  # noqa: E402
 
 METHODS = ("scratch", "apollo", "stack")
 METHOD_FLAGS = {"apollo": ["--dist_function", "lvps", "--grow_method", "extend"],
@@ -132,120 +131,11 @@ def run_command(model: str, method: str, seed: int, args) -> list[str]:
     return [str(x) for x in cmd]
 
 
-def run_dir(model: str, method: str, seed: int, cmd: list[str], args) -> Path:
-    digest = hashlib.sha256(json.dumps(cmd).encode()).hexdigest()[:10]
-    return Path(args.runs_dir) / f"{model}-{method}-s{seed}-{digest}"
-
-
-def is_done(out: Path, cmd: list[str]) -> bool:
-    marker = out / "compare_cmd.json"
-    return (out / "model.safetensors").exists() and marker.exists() and json.loads(marker.read_text()) == cmd
-
-
-def execute(jobs: list[tuple[str, Path, list[str]]], args, allow_failure: bool = False) -> dict[str, float]:
-    """Run (model, out, cmd) jobs, `args.jobs` at a time; returns each run's process wall time.
-
-    A failed run stops everything, unless `allow_failure` (a study whose high LRs may diverge): then
-    the run is marked with OUT/compare_failed.json and the others go on.
-
-    The first run of a model type runs alone until its data is prepared (metrics.jsonl appears), so
-    that parallel runs do not each train the tokenizer and tokenize the corpus.
-    """
-    threads = args.threads or max(1, 2 // args.jobs)
-    # The tokenizer and block cache is run_pretrain.py's usual one ($APOLLO_CACHE or ~/.cache/apollo).
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    logs = Path(args.runs_dir) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    pending, running, times, ready = list(jobs), [], {}, set()
-    while pending or running:
-        for job in list(running):
-            model, out, cmd, proc, start, log = job
-            if (out / "metrics.jsonl").exists():
-                ready.add(model)
-            if proc.poll() is None:
-                continue
-            running.remove(job)
-            log.close()
-            if proc.returncode != 0 or not (out / "model.safetensors").exists():  # exit 0 also on a stop request
-                if allow_failure and proc.returncode != 0:
-                    (out / "compare_failed.json").write_text(json.dumps(cmd))
-                    print(f"[compare] FAILED {out.name} (exit {proc.returncode}); log: {logs / (out.name + '.log')}",
-                          flush=True)
-                    continue
-                sys.exit(f"run failed or stopped (exit {proc.returncode}): {out}; log: {logs / (out.name + '.log')}")
-            (out / "compare_cmd.json").write_text(json.dumps(cmd))
-            times[out.name] = time.time() - start
-            print(f"[compare] done {out.name} in {times[out.name]:.0f} s ({len(pending)} to start)", flush=True)
-        while pending and len(running) < args.jobs:
-            startable = [j for j in pending if j[0] in ready or not any(r[0] == j[0] for r in running)]
-            if not startable:
-                break
-            model, out, cmd = startable[0]
-            pending.remove(startable[0])
-            log = open(logs / f"{out.name}.log", "w")
-            full = [sys.executable, str(REPO / "run_pretrain.py"), *cmd, "--output_dir", str(out),
-                    "--overwrite_output_dir"]
-            print(f"[compare] start {out.name} (OMP_NUM_THREADS={threads})", flush=True)
-            proc = subprocess.Popen(full, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-            running.append((model, out, cmd, proc, time.time(), log))
-        time.sleep(1)
-    return times
-
-
-# ----------------------------------------------------------------------------------------------
-# The summary
-# ----------------------------------------------------------------------------------------------
-def equal_loss_saving(run, ref, axis: str) -> tuple[float | None, bool]:
-    """(% of `axis` saved at equal loss, whether the run reached the reference's final loss); see the top."""
-    target = ref.evals[-1]["eval_loss"]
-    reach = flops_to_reach(run.points(axis), target)
-    if reach is not None:
-        return 100.0 * (1 - reach / float(ref.evals[-1][axis])), True
-    own = run.evals[-1]["eval_loss"]
-    ref_reach = flops_to_reach(ref.points(axis), own)
-    return (None if not ref_reach else 100.0 * (1 - float(run.evals[-1][axis]) / ref_reach)), False
-
-
 def seed_metrics(dirs: dict[str, Path]) -> dict:
     """Per-method numbers for one seed, scratch being the reference."""
     ref = load_run(dirs["scratch"])
-    ref_final = ref.evals[-1]
-    out = {"summary": summarize_runs([str(d) for d in dirs.values()], reference=str(dirs["scratch"]))}
-    for method, d in dirs.items():
-        run = load_run(d)
-        final = run.evals[-1]
-        flops_saved, reached = equal_loss_saving(run, ref, "flops")
-        wall_saved, _ = equal_loss_saving(run, ref, "elapsed_s")
-        at = min(final["flops"], ref_final["flops"])
-        early = EARLY_FRACTION * ref_final["flops"]
-        out[method] = {
-            "final_loss": final["eval_loss"], "final_delta": final["eval_loss"] - ref_final["eval_loss"],
-            "reached_target": reached, "flops_saved_pct": flops_saved, "wall_saved_pct": wall_saved,
-            "flops_ratio": final["flops"] / ref_final["flops"],
-            "wall_ratio": final["elapsed_s"] / ref_final["elapsed_s"],
-            "equal_flops_delta": loss_at(run.points(), at) - loss_at(ref.points(), at),
-            "early_delta": _delta(loss_at(run.points(), early), loss_at(ref.points(), early)),
-            "elapsed_s": final["elapsed_s"], "flops": final["flops"],
-        }
-    return out
-
-
-def _delta(a, b):
-    return None if a is None or b is None else a - b
-
-
-def mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def fmt(values, spec="+.1f", unit=""):
-    m, s = mean_std(values)
-    if m is None:
-        return "-"
-    return f"{m:{spec}}{unit}" + (f" ± {s:{spec.lstrip('+')}}" if len(values) > 1 else "")
+    return {method: versus_reference(ref if method == "scratch" else load_run(d), ref, EARLY_FRACTION)
+            for method, d in dirs.items()}
 
 
 COLUMNS = [("FLOPs saved at equal loss", "flops_saved_pct", "+.1f", "%"),
@@ -265,7 +155,7 @@ def table(per_seed: dict, models, methods, seeds) -> str:
         for method in methods:
             rows = [per_seed[model][s][method] for s in seeds]
             cells = [model, method, f"{sum(r['reached_target'] for r in rows)}/{len(rows)}"]
-            cells += [fmt([r[key] for r in rows], spec, unit) for _, key, spec, unit in COLUMNS]
+            cells += [format_over_seeds([r[key] for r in rows], spec, unit) for _, key, spec, unit in COLUMNS]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -313,8 +203,7 @@ def report(args, models, methods, seeds, dirs, times, wall_s) -> None:
                "load_average_at_end": os.getloadavg(),
                "commands": {f"{m}-{me}-s{s}": "python run_pretrain.py " + " ".join(run_command(m, me, s, args))
                             for m in models for me in methods for s in seeds},
-               "per_seed": {m: {str(s): {me: v for me, v in per_seed[m][s].items() if me != "summary"}
-                                for s in seeds} for m in models}}
+               "per_seed": {m: {str(s): per_seed[m][s] for s in seeds} for m in models}}
     (results / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
     text = (f"# {args.tag}\n\n`{command}`\n\n{md}\n\nMean ± sample std over seeds {','.join(map(str, seeds))}. "
@@ -353,9 +242,11 @@ def collect(args) -> None:
                 scratch = [by_seed[s]["scratch"]["final_loss"] for s in by_seed]
                 lines.append("| " + " | ".join([
                     tag, changed, model, method, ",".join(by_seed), f"{sum(r['reached_target'] for r in rows)}/{len(rows)}",
-                    fmt([r["flops_saved_pct"] for r in rows], "+.1f", "%"), fmt([r["final_delta"] for r in rows], "+.3f"),
-                    fmt([r["equal_flops_delta"] for r in rows], "+.3f"), fmt([r["early_delta"] for r in rows], "+.3f"),
-                    fmt([r["flops_ratio"] for r in rows], ".3f"), fmt(scratch, ".3f")]) + " |")
+                    format_over_seeds([r["flops_saved_pct"] for r in rows], "+.1f", "%"),
+                    format_over_seeds([r["final_delta"] for r in rows], "+.3f"),
+                    format_over_seeds([r["equal_flops_delta"] for r in rows], "+.3f"),
+                    format_over_seeds([r["early_delta"] for r in rows], "+.3f"),
+                    format_over_seeds([r["flops_ratio"] for r in rows], ".3f"), format_over_seeds(scratch, ".3f")]) + " |")
     text = "\n".join(lines) + "\n"
     (Path(args.results_dir) / "knobs.md").write_text(text)
     print(text)
@@ -370,21 +261,16 @@ def main(argv=None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if bad := [m for m in methods if m not in METHODS] + [m for m in models if m not in DEFAULT_LR]:
         sys.exit(f"unknown model or method: {bad}")
-    dirs, jobs = {}, []
-    for seed in seeds:  # seed-major, so that a pair running side by side is scratch and a growth run
-        for model in models:
-            for method in methods:
-                cmd = run_command(model, method, seed, args)
-                out = dirs[model, method, seed] = run_dir(model, method, seed, cmd, args)
-                if not is_done(out, cmd):
-                    jobs.append((model, out, cmd))
+    # Seed-major, so that a pair running side by side is scratch and a growth run.
+    jobs = {(model, method, seed): runner.job(args.runs_dir, model, method, seed, run_command(model, method, seed, args))
+            for seed in seeds for model in models for method in methods}
+    threads = args.threads or max(1, 2 // args.jobs)
     if args.dry_run:
-        for model, out, cmd in jobs:
-            print("python run_pretrain.py", " ".join(cmd), "--output_dir", out)
+        runner.run(list(jobs.values()), parallel=args.jobs, threads=threads, dry_run=True)
         return
     start = time.time()
-    times = {} if args.report_only else execute(jobs, args)
-    report(args, models, methods, seeds, dirs, times, time.time() - start)
+    times = {} if args.report_only else runner.run(list(jobs.values()), parallel=args.jobs, threads=threads)
+    report(args, models, methods, seeds, {key: j.out for key, j in jobs.items()}, times, time.time() - start)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ Methods (all GPT-2, same data, tokenizer, batch, token budget, schedule shape, e
   late         one late growth: 2 layers (stacked) to 12 at 80% of the run
   apollo_knobs Apollo with the knob settings of --knobs (growth warmup, growth noise, WSD)
 
-Every run is a `run_pretrain.py` command; its folder is named by a hash of the command, so
-re-running a phase skips finished runs and continues a stopped one from its newest checkpoint (saved
+Every run is a `run_pretrain.py` command; its folder is named by a hash of the command (`runner.py`),
+so re-running a phase skips finished runs and continues a stopped one from its newest checkpoint (saved
 every 5% of a run, and on SIGTERM/SIGINT): resume a killed study by running it again. Results go to
 benchmarks/results/growth_study/<preset>/ (summary.json, tables, figure); run folders (models,
 not committed) to runs/growth_study/.
@@ -49,10 +49,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from apollo.plot import flops_to_reach, load_run, loss_at  # noqa: E402
-from compare import equal_loss_saving, execute, fmt, mean_std, run_dir  # noqa: E402
+from apollo.plot import format_over_seeds, load_run, mean_std, versus_reference  # noqa: E402
+from benchmarks import runner  # noqa: E402
+from benchmarks.runner import Job  # noqa: E402
 
 # Model, data and evaluation of each preset; everything else is shared.
 PRESETS = {
@@ -196,17 +196,22 @@ def one_epoch_steps(args) -> int:
 # ----------------------------------------------------------------------------------------------
 # Phases
 # ----------------------------------------------------------------------------------------------
-def gate_jobs(args, steps: int) -> list[tuple[str, Path, list[str], dict]]:
+def probe_job(args) -> Job:
+    """One short run of the shallowest model: it prepares the data and tells the epoch length."""
+    return runner.job(args.runs_dir, "gpt2", "probe", 1, base_command(args, 2, 1, 1e-3, 1), {"phase": "probe"})
+
+
+def gate_jobs(args, steps: int) -> list[Job]:
     jobs = []
     for lr in map(float, args.gate_lrs.split(",")):  # LR-major: the first results compare depths
         for depth in sorted(map(int, args.gate_depths.split(",")), reverse=True):  # longest first
-            cmd = base_command(args, depth, steps, lr, 1)
-            jobs.append(("gpt2", run_dir("gpt2", f"gate-L{depth}-lr{lr:g}", 1, cmd, args), cmd,
-                         {"phase": "gate", "depth": depth, "lr": lr, "seed": 1, "steps": steps}))
+            jobs.append(runner.job(args.runs_dir, "gpt2", f"gate-L{depth}-lr{lr:g}", 1,
+                                   base_command(args, depth, steps, lr, 1),
+                                   {"phase": "gate", "depth": depth, "lr": lr, "seed": 1, "steps": steps}))
     return jobs
 
 
-def trend_jobs(args, epoch_steps: int, gate: dict) -> list[tuple[str, Path, list[str], dict]]:
+def trend_jobs(args, epoch_steps: int, gate: dict) -> list[Job]:
     """Scratch at every gate depth, at its best gate LR, at the --lengths shorter than one epoch: does the
     full-depth model's deficit against the shallow ones shrink with training tokens?"""
     jobs = []
@@ -218,16 +223,16 @@ def trend_jobs(args, epoch_steps: int, gate: dict) -> list[tuple[str, Path, list
                 continue
             extra = [float(x) for x in args.trend_lrs.split(",")] if args.trend_lrs else []
             for lr in sorted({best["lr"], *extra}):
-                cmd = base_command(args, depth, steps, lr, 1)
-                jobs.append(("gpt2", run_dir("gpt2", f"trend-L{depth}-n{steps}-lr{lr:g}", 1, cmd, args), cmd,
-                             {"phase": "trend", "depth": depth, "lr": lr, "seed": 1, "steps": steps}))
+                jobs.append(runner.job(args.runs_dir, "gpt2", f"trend-L{depth}-n{steps}-lr{lr:g}", 1,
+                                       base_command(args, depth, steps, lr, 1),
+                                       {"phase": "trend", "depth": depth, "lr": lr, "seed": 1, "steps": steps}))
     return jobs
 
 
 def trend_table(gate: dict, jobs, tokens_per_step: int, depths: list[int]) -> tuple[str, list[dict]]:
     """Final eval loss per (length, depth), the gate's one-epoch runs included, and the full depth's lead."""
     rows, lrs = {}, {}  # (steps) -> depth -> best final loss over the LRs run at that length, and its LR
-    done = [(m, final_eval(out)) for _, out, _, m in jobs] + [(r, r["final_eval_loss"]) for r in gate.get("rows", [])]
+    done = [(j.meta, final_eval(j.out)) for j in jobs] + [(r, r["final_eval_loss"]) for r in gate.get("rows", [])]
     for meta, loss in done:
         cell = rows.setdefault(meta["steps"], {})
         if loss is not None and (cell.get(meta["depth"]) is None or loss < cell[meta["depth"]]):
@@ -252,7 +257,7 @@ def trend_table(gate: dict, jobs, tokens_per_step: int, depths: list[int]) -> tu
 
 
 
-def study_jobs(args, phase: str, epoch_steps: int, best_lr: dict) -> list[tuple[str, Path, list[str], dict]]:
+def study_jobs(args, phase: str, epoch_steps: int, best_lr: dict) -> list[Job]:
     methods = args.methods.split(",")
     lengths = [float(x) for x in args.lengths.split(",")]
     jobs = []
@@ -273,50 +278,25 @@ def study_jobs(args, phase: str, epoch_steps: int, best_lr: dict) -> list[tuple[
     return jobs
 
 
-def _job(args, method, steps, lr, seed, phase):
+def _job(args, method, steps, lr, seed, phase) -> Job:
     cmd = base_command(args, DEPTH, steps, lr, seed) + method_flags(method, steps, args)
-    meta = {"phase": phase, "method": method, "lr": lr, "seed": seed, "steps": steps, "depth": DEPTH}
-    return ("gpt2", run_dir("gpt2", f"{phase}-{method}-n{steps}-lr{lr:g}", seed, cmd, args), cmd, meta)
-
-
-def run_jobs(args, jobs) -> None:
-    from compare import is_done
-
-    todo = [(m, out, cmd) for m, out, cmd, _ in jobs if not is_done(out, cmd) and not _failed(out, cmd)]
-    launched = {out: launch_command(out, cmd) for _, out, cmd in todo}
-    if args.dry_run:
-        for _, out, _ in todo:
-            print("python run_pretrain.py", " ".join(launched[out]), "--output_dir", out)
-        return
-    try:
-        execute([(m, out, launched[out]) for m, out, _ in todo], args, allow_failure=True)
-    finally:  # also when a stopped run ends the study: what finished is recorded under its own command
-        for _, out, cmd, meta in jobs:
-            for marker in (out / "compare_cmd.json", out / "compare_failed.json"):
-                if out in launched and marker.exists() and json.loads(marker.read_text()) == launched[out]:
-                    marker.write_text(json.dumps(cmd))
-            if out.is_dir():
-                (out / "study_meta.json").write_text(json.dumps({**meta, "cmd": cmd}))
+    return runner.job(args.runs_dir, "gpt2", f"{phase}-{method}-n{steps}-lr{lr:g}", seed, cmd,
+                      {"phase": phase, "method": method, "lr": lr, "seed": seed, "steps": steps, "depth": DEPTH})
 
 
 CHECKPOINTS_PER_RUN = 20  # a run stopped by a signal or killed outright loses at most 5% of its steps
 
 
-def launch_command(out: Path, cmd: list[str]) -> list[str]:
-    """A run's command as launched: with periodic checkpoints, and from its newest checkpoint when a stopped run
-    left one (SIGTERM/SIGINT also save one) instead of from scratch. These flags change when a run saves, not
-    what it computes (resume is exact), so they are not part of its command: its folder's hash or compare_cmd.json."""
-    steps = int(cmd[cmd.index("--max_train_steps") + 1])
-    flags = ["--save_strategy", "steps", "--save_steps", str(max(1, steps // CHECKPOINTS_PER_RUN)),
-             "--save_total_limit", "2"]
-    if any(out.glob("checkpoint-*/trainer_state.json")):
-        flags += ["--resume_from_checkpoint", "latest"]
-    return cmd + flags
-
-
-def _failed(out: Path, cmd) -> bool:
-    marker = out / "compare_failed.json"
-    return marker.exists() and json.loads(marker.read_text()) == cmd
+def run_jobs(args, jobs: list[Job]) -> None:
+    """Run the phase's runs that are neither done nor failed (high LRs may diverge: the others go on)."""
+    try:
+        runner.run(jobs, parallel=args.jobs, threads=args.threads, checkpoints=CHECKPOINTS_PER_RUN,
+                   allow_failure=True, dry_run=args.dry_run)
+    finally:  # also when a stopped run ends the study
+        if not args.dry_run:
+            for job in jobs:
+                if job.out.is_dir():
+                    (job.out / "study_meta.json").write_text(json.dumps({**job.meta, "cmd": job.cmd}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,11 +328,12 @@ def final_eval(out: Path) -> float | None:
     return run.evals[-1]["eval_loss"] if run.evals else None
 
 
-def gate_report(args, jobs) -> dict:
+def gate_report(args, jobs: list[Job]) -> dict:
     rows, best = [], {}
-    for _, out, cmd, meta in jobs:
-        loss = final_eval(out)
-        rows.append({**meta, "final_eval_loss": loss, "diverged": _failed(out, cmd), "run": out.name, "cmd": cmd})
+    for job in jobs:
+        meta, loss = job.meta, final_eval(job.out)
+        rows.append({**meta, "final_eval_loss": loss, "diverged": runner.has_failed(job), "run": job.out.name,
+                     "cmd": job.cmd})
         if loss is not None and (meta["depth"] not in best or loss < best[meta["depth"]]["final_eval_loss"]):
             best[meta["depth"]] = rows[-1]
     depths = sorted(map(int, args.gate_depths.split(",")))
@@ -388,23 +369,15 @@ def gate_table(gate: dict, lrs: list[float], depths: list[int]) -> str:
     return "\n".join(lines)
 
 
-def lengths_report(jobs) -> dict:
+def lengths_report(jobs: list[Job]) -> dict:
     """Per (steps, method): FLOPs saved at equal loss etc. against the scratch run of the same seed."""
     cells = {}
-    done = {(m["steps"], m["method"], m["seed"]): out for _, out, _, m in jobs if final_eval(out) is not None}
-    for (steps, method, seed), out in done.items():
-        ref = done.get((steps, "scratch", seed))
-        if ref is None:
-            continue
-        run, scratch = load_run(out), load_run(ref)
-        saved, reached = equal_loss_saving(run, scratch, "flops")
-        at = min(run.evals[-1]["flops"], scratch.evals[-1]["flops"])
-        cells.setdefault(f"{steps}:{method}", []).append({
-            "seed": seed, "final_loss": run.evals[-1]["eval_loss"], "reached": reached, "flops_saved_pct": saved,
-            "equal_flops_delta": loss_at(run.points(), at) - loss_at(scratch.points(), at),
-            "flops_ratio": run.evals[-1]["flops"] / scratch.evals[-1]["flops"],
-            "wall_ratio": run.evals[-1]["elapsed_s"] / scratch.evals[-1]["elapsed_s"],
-            "tokens": run.evals[-1]["tokens"]})
+    done = {(j.meta["steps"], j.meta["method"], j.meta["seed"]): load_run(j.out) for j in jobs
+            if final_eval(j.out) is not None}
+    for (steps, method, seed), run in done.items():
+        scratch = done.get((steps, "scratch", seed))
+        if scratch is not None:
+            cells.setdefault(f"{steps}:{method}", []).append({"seed": seed, **versus_reference(run, scratch)})
     return cells
 
 
@@ -416,12 +389,12 @@ def lengths_table(cells: dict) -> str:
         steps, method = key.split(":")
         rows = cells[key]
         lines.append("| " + " | ".join([steps, f"{rows[0]['tokens']:.3g}", method, str(len(rows)),
-                                        f"{sum(r['reached'] for r in rows)}/{len(rows)}",
-                                        fmt([r["flops_saved_pct"] for r in rows], "+.1f", "%"),
-                                        fmt([r["final_loss"] for r in rows], ".3f"),
-                                        fmt([r["equal_flops_delta"] for r in rows], "+.3f"),
-                                        fmt([r["flops_ratio"] for r in rows], ".3f"),
-                                        fmt([r["wall_ratio"] for r in rows], ".2f")]) + " |")
+                                        f"{sum(r['reached_target'] for r in rows)}/{len(rows)}",
+                                        format_over_seeds([r["flops_saved_pct"] for r in rows], "+.1f", "%"),
+                                        format_over_seeds([r["final_loss"] for r in rows], ".3f"),
+                                        format_over_seeds([r["equal_flops_delta"] for r in rows], "+.3f"),
+                                        format_over_seeds([r["flops_ratio"] for r in rows], ".3f"),
+                                        format_over_seeds([r["wall_ratio"] for r in rows], ".2f")]) + " |")
     return "\n".join(lines)
 
 
@@ -472,9 +445,7 @@ def main(argv=None) -> None:
 
     epoch = one_epoch_steps(args)
     if args.phase != "report" and not epoch:
-        # One short run of the shallowest model prepares the data and tells the epoch length.
-        probe = base_command(args, 2, 1, 1e-3, 1)
-        run_jobs(args, [("gpt2", run_dir("gpt2", "probe", 1, probe, args), probe, {"phase": "probe"})])
+        run_jobs(args, [probe_job(args)])
         epoch = one_epoch_steps(args)
     gate_steps = args.gate_steps or epoch
     if gate_steps > epoch > 0:
@@ -497,8 +468,8 @@ def main(argv=None) -> None:
     sweep_jobs = study_jobs(args, "sweep", epoch, {}) if epoch else []
     if args.phase == "sweep":
         run_jobs(args, sweep_jobs)
-    for _, out, _, meta in sweep_jobs:
-        loss = final_eval(out)
+    for job in sweep_jobs:
+        loss, meta = final_eval(job.out), job.meta
         if loss is not None and (meta["method"] not in best_lr or loss < best_lr[meta["method"]][1]):
             best_lr[meta["method"]] = (meta["lr"], loss)
     summary["sweep_best_lr"] = {m: {"lr": v[0], "final_eval_loss": v[1]} for m, v in best_lr.items()}

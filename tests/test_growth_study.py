@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def test_gate_runs_reports_and_blocks_the_study(tmp_path, tiny_corpus):
     assert f"{finals[2]:.3f}" in table and "not passed" in table
 
     again = study(tmp_path, tiny_corpus, "gate", "--gate_depths", "1,2", "--gate_steps", "3")
-    assert again.returncode == 0 and "[compare] start" not in again.stdout  # finished runs are not repeated
+    assert again.returncode == 0 and "[runner] start" not in again.stdout  # finished runs are not repeated
 
     # A run stopped after its checkpoint at step 2 goes on from there when the study runs again, and ends
     # exactly where it ended uninterrupted (the checkpoints come from the study's periodic saves).
@@ -65,8 +66,14 @@ def test_gate_runs_reports_and_blocks_the_study(tmp_path, tiny_corpus):
     (run / "compare_cmd.json").unlink()
     shutil.rmtree(run / "checkpoint-3")
     resumed = study(tmp_path, tiny_corpus, "gate", "--gate_depths", "1,2", "--gate_steps", "3")
-    assert resumed.returncode == 0 and resumed.stdout.count("[compare] start") == 1, resumed.stderr[-3000:]
-    assert f"Resumed from {run / 'checkpoint-2'} at step 2" in (tmp_path / "runs" / "logs" / f"{run.name}.log").read_text()
+    assert resumed.returncode == 0 and resumed.stdout.count("[runner] start") == 1, resumed.stderr[-3000:]
+    log = (tmp_path / "runs" / "logs" / f"{run.name}.log").read_text()
+    assert f"Resumed from {run / 'checkpoint-2'} at step 2" in log
+    # The relaunch appended to the first launch's log: a header line per launch, the first run's console kept.
+    launches = re.findall(r"^# \S+ \S+ \S+/run_pretrain.py .*$", log, flags=re.M)
+    assert len(launches) == 2 and "--resume_from_checkpoint latest" in launches[1] and "--resume" not in launches[0]
+    first = log[log.index(launches[0]) + len(launches[0]):log.index(launches[1])]
+    assert "step 3: eval_loss" in first
     assert all(torch.equal(w, final_weights(run)[k]) for k, w in uninterrupted.items())
     assert json.loads((run / "compare_cmd.json").read_text()) == row["cmd"]  # done, under the run's own command
     evals = [r for r in read_jsonl(run / "metrics.jsonl") if "eval_loss" in r]

@@ -1,0 +1,1 @@
+"""Benchmark scripts (`python benchmarks/NAME.py`) and the runner they share (`benchmarks/runner.py`)."""
