@@ -29,8 +29,9 @@ class Run:
     run_dir: str
     label: str
     evals: list[dict]  # eval lines, by step; one per step (the last one wins)
-    train: list[dict] = field(default_factory=list)
+    train: list[dict] = field(default_factory=list)  # training lines, likewise
     config: dict | None = None
+    growths: list[dict] = field(default_factory=list)  # growth events, likewise
 
     def points(self, axis: str = "flops") -> list[Point]:
         return [(float(e[axis]), float(e["eval_loss"])) for e in self.evals]
@@ -47,7 +48,7 @@ def _auto_label(config: dict | None, run_dir: Path) -> str:
 def load_run(run_dir, label: str | None = None) -> Run:
     """Read RUN_DIR/metrics.jsonl (eval and training lines) and RUN_DIR/run_config.json if present."""
     run_dir = Path(run_dir)
-    evals, train = {}, []
+    evals, train, growths = {}, {}, {}
     for n, line in enumerate((run_dir / "metrics.jsonl").read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -56,14 +57,33 @@ def load_run(run_dir, label: str | None = None) -> Run:
         except json.JSONDecodeError:  # e.g. a line cut short by a crash
             print(f"warning: {run_dir}/metrics.jsonl:{n}: not JSON, skipped", file=sys.stderr)
             continue
+        # A resumed run may repeat a step: keep the latest line.
         if "eval_loss" in record:
-            evals[record["step"]] = record  # a resumed run may repeat a step: keep the latest
+            evals[record["step"]] = record
+        elif record.get("event") == "growth":
+            growths[record["step"]] = record
         elif "loss" in record and "event" not in record:
-            train.append(record)
+            train[record["step"]] = record
     config_path = run_dir / "run_config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else None
-    return Run(str(run_dir), label or _auto_label(config, run_dir), [evals[s] for s in sorted(evals)],
-               sorted(train, key=lambda r: r["step"]), config)
+    return Run(str(run_dir), label or _auto_label(config, run_dir), _by_step(evals), _by_step(train), config,
+               _by_step(growths))
+
+
+def _by_step(records: dict) -> list[dict]:
+    return [records[step] for step in sorted(records)]
+
+
+def growth_marks(run: Run) -> list[dict]:
+    """Where the run grew, on every x axis: {"from", "to", "flops", "elapsed_s", "step"} of the last training line
+    of the stage it grew from (the work done before the growth). Found by the unique-layer count, so the mark
+    does not depend on whether an event names that step or the first step of the new stage."""
+    marks = []
+    for event in run.growths:
+        before = [t for t in run.train if t["step"] <= event["step"] and t.get("unique_layers", event["from"]) == event["from"]]
+        if before:
+            marks.append({"from": event["from"], "to": event["to"], **{a: float(before[-1][a]) for a in AXES}})
+    return marks
 
 
 def flops_to_reach(points: list[Point], target: float) -> float | None:
@@ -245,11 +265,12 @@ def _smooth(values: list[float], k: int) -> list[float]:
     return [sum(values[max(0, i - k + 1):i + 1]) / len(values[max(0, i - k + 1):i + 1]) for i in range(len(values))]
 
 
-def plot(runs: list[Run], summary: dict, out, smooth: int = 0, train_loss: bool = False, title: str | None = None):
+def plot(runs: list[Run], summary: dict, out=None, smooth: int = 0, train_loss: bool = False, title: str | None = None):
+    """Validation loss against FLOPs (with a zoom on the target), wall-clock time and steps, every eval point in
+    view, each growth marked on its run's curve; saved to `out` if given. Returns the matplotlib Figure."""
     # A bare Figure renders with Agg and leaves pyplot's global state (and backend) alone.
     from matplotlib import rcParams
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
 
     ref, entries = summary["reference"], {r["run_dir"]: r for r in summary["runs"]}
     target = ref["target_loss"]
@@ -260,9 +281,6 @@ def plot(runs: list[Run], summary: dict, out, smooth: int = 0, train_loss: bool 
                                        if max(r.evals[-1]["elapsed_s"] for r in runs if r.evals) >= 3 * s or s == 1)
     scale = {"flops": 1.0, "elapsed_s": 1.0 / seconds_scale, "step": 1.0}
     inset = axes[0].inset_axes([0.52, 0.53, 0.45, 0.37])
-    notes = []  # (text, color) per non-reference run, listed in the inset's lower-left corner
-    # Keep the first, near-random evals from squashing the interesting part of the main axis.
-    late = [l for r in runs for x, l in r.points() if x >= 0.08 * ref["flops"]]
     for i, run in enumerate(runs):
         if not run.evals:
             continue
@@ -277,59 +295,29 @@ def plot(runs: list[Run], summary: dict, out, smooth: int = 0, train_loss: bool 
                 ax.plot(xs, [l for _, l in run.points(axis)], ".", color=color, ms=3, alpha=0.4)
             if entry["reached_target"] and run.run_dir != ref["run_dir"]:
                 ax.plot(entry["to_target"][axis] * scale[axis], target, "o", color=color, ms=6, mec="black", zorder=5)
+            _mark_growths(ax, run, axis, scale[axis], color, label_steps=ax is axes[0])
         inset.plot([x for x, _ in run.points()], _smooth([l for _, l in run.points()], smooth), color=color, lw=width,
                    marker=".", ms=4)
+        _mark_growths(inset, run, "flops", 1.0, color, label_steps=False)
         if train_loss and run.train:
             tx = [t["flops"] for t in run.train]
             axes[0].plot(tx, _smooth([t["loss"] for t in run.train], max(smooth, 20)), color=color, lw=0.6, alpha=0.35)
-        if run.run_dir == ref["run_dir"]:
-            continue
-        if entry["reached_target"]:
-            x, saved = entry["to_target"]["flops"], entry["saved_pct"]["flops"]
-            # Below the target line, left of the crossing: the run's curve is above the line there.
-            axes[0].annotate(f"{-saved:+.1f}% FLOPs", (x, target), xytext=(-14, -26), textcoords="offset points",
-                             ha="right", va="center", color=color, fontsize=11, fontweight="bold",
-                             bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85),
-                             arrowprops=dict(arrowstyle="->", color=color, lw=1))
-            inset.plot([x, x], [-1e30, target], ":", color=color, lw=1.2)
-            inset.plot(x, target, "o", color=color, ms=6, mec="black", zorder=5)
-            notes.append((f"{-saved:+.1f}% FLOPs", color))
-        else:
-            best = entry["best"]
-            notes.append(("never reached", color))
-            stacked = sum(text == "never reached" for text, _ in notes) - 1  # runs ending close together
-            axes[0].annotate(f"never reached target\nbest {best['eval_loss']:.3f} at {best['flops']:.2e} FLOPs",
-                             (run.evals[-1]["flops"], run.evals[-1]["eval_loss"]), xytext=(-10, 22 + 30 * stacked),
-                             textcoords="offset points", ha="right", color=color, fontsize=9,
-                             bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85),
-                             arrowprops=dict(arrowstyle="->", color=color, lw=1))
+        if run.run_dir != ref["run_dir"]:
+            _annotate_saving(axes[0], inset, run, entry, target, color)
     if train_loss:
         axes[0].plot([], [], color="0.4", lw=0.6, label="training loss (faint; at the sampled depth)")
+    if any(run.growths for run in runs):
+        axes[0].plot([], [], "^", color="0.5", mec="black", ms=7, label="growth (to the unique layers written by it)")
     for ax, axis in zip([*axes, inset], [*AXES, None]):
         ax.axhline(target, color="0.35", ls="--", lw=1, label=f"target: {ref['label']} final loss {target:.3f}"
                    if ax is axes[0] else None)
         ax.grid(alpha=0.3)
         if axis == "flops":
             ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
-    if late:
-        low, span = min(l for r in runs for _, l in r.points()), max(late) - min(late)
-        for ax in axes:
-            ax.set_ylim(low - 0.15 * span, max(late) + 0.05 * span)
-    # Inset: the target region, from the earliest crossing to the reference's end.
-    reached = [e["to_target"]["flops"] for e in summary["runs"] if e["reached_target"]]
-    x_hi = 1.04 * max(ref["flops"], *reached)
-    x_lo = max(0.0, min(reached) - 0.4 * (x_hi - min(reached)))  # room for the labels left of a crossing
-    near = [l for r in runs for x, l in r.points() if x_lo <= x <= x_hi] + [target]
-    pad = 0.12 * (max(near) - min(near) or 0.1)  # plus room at the bottom for the notes
-    inset.set(xlim=(x_lo, x_hi), ylim=(min(near) - pad * (1 + len(notes)), max(near) + pad))
-    # Scale written into the title: an offset text ("1e20") below the inset would hit the main curves.
-    exponent = math.floor(math.log10(x_hi)) if x_hi > 0 else 0
-    inset.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 10 ** exponent:g}"))
-    inset.tick_params(labelsize=8)
-    for k, (text, color) in enumerate(reversed(notes)):  # below the target, left of the crossings: empty
-        inset.text(0.03, 0.05 + 0.11 * k, text, transform=inset.transAxes, color=color, fontsize=9,
-                   fontweight="bold", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
-    inset.set_title(f"zoom on the target (FLOPs in units of 1e{exponent})", fontsize=9)
+    losses = [l for r in runs for _, l in r.points()]
+    for ax in axes:  # every eval point in view, the first (near-random) ones included
+        ax.set_ylim(*_padded(min(losses), max(losses), 0.05))
+    _zoom_on_target(inset, runs, summary)
     axes[0].indicate_inset_zoom(inset, edgecolor="0.4")
     axes[0].set(xlabel="training FLOPs (forward + backward, executed depth)", ylabel="validation loss (full depth)",
                 title="validation loss vs training FLOPs")
@@ -341,7 +329,77 @@ def plot(runs: list[Run], summary: dict, out, smooth: int = 0, train_loss: bool 
     note = f"; curves: trailing mean over {smooth} evals" if smooth > 1 else ""
     fig.suptitle(title or f"Validation loss; target = {ref['label']}'s final loss {target:.3f}{note}", fontsize=12)
     fig.tight_layout(rect=(0, 0.035 + 0.04 * math.ceil(len(names) / 4), 1, 1))
-    fig.savefig(out, dpi=130)
+    if out is not None:
+        fig.savefig(out, dpi=130)
+    return fig
+
+
+def _padded(lo: float, hi: float, share: float) -> tuple[float, float]:
+    pad = share * (hi - lo) if hi > lo else 0.05 * (abs(hi) or 1.0)
+    return lo - pad, hi + pad
+
+
+def _mark_growths(ax, run: Run, axis: str, scale: float, color, label_steps: bool) -> None:
+    """A triangle on the run's eval curve where it grew (one artist per run, gid "growth"), with the new unique
+    layer count beside it if `label_steps`."""
+    marks = growth_marks(run)
+    if not marks:
+        return
+    points = run.points(axis)
+    xs = [m[axis] for m in marks]
+    # On the curve between the evals around the growth (the nearest eval if the growth is outside them).
+    ys = [loss_at(points, x) if loss_at(points, x) is not None else min(points, key=lambda p: abs(p[0] - x))[1]
+          for x in xs]
+    ax.plot([x * scale for x in xs], ys, "^", color=color, mec="black", ms=7, zorder=6, gid="growth")
+    if label_steps:
+        for m, x, y in zip(marks, xs, ys):
+            ax.annotate(f"{m['to']}", (x * scale, y), xytext=(0, 7), textcoords="offset points", ha="center",
+                        fontsize=8, color=color)
+
+
+def _annotate_saving(ax, inset, run: Run, entry: dict, target: float, color) -> None:
+    """The FLOPs a run saved to reach the target (arrow to its crossing), or that it never reached it."""
+    if entry["reached_target"]:
+        x, saved = entry["to_target"]["flops"], entry["saved_pct"]["flops"]
+        # Below the target line, left of the crossing: the run's curve is above the line there.
+        ax.annotate(f"{-saved:+.1f}% FLOPs", (x, target), xytext=(-14, -26), textcoords="offset points",
+                    ha="right", va="center", color=color, fontsize=11, fontweight="bold",
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85),
+                    arrowprops=dict(arrowstyle="->", color=color, lw=1))
+        inset.plot([x, x], [-1e30, target], ":", color=color, lw=1.2)  # from the crossing down
+        inset.plot(x, target, "o", color=color, ms=6, mec="black", zorder=5)
+        return
+    best = entry["best"]
+    stacked = sum(1 for t in ax.texts if t.get_text().startswith("never reached"))  # runs ending close together
+    ax.annotate(f"never reached target\nbest {best['eval_loss']:.3f} at {best['flops']:.2e} FLOPs",
+                (run.evals[-1]["flops"], run.evals[-1]["eval_loss"]), xytext=(-10, 22 + 30 * stacked),
+                textcoords="offset points", ha="right", color=color, fontsize=9,
+                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85),
+                arrowprops=dict(arrowstyle="->", color=color, lw=1))
+
+
+def _zoom_on_target(inset, runs: list[Run], summary: dict) -> None:
+    """Limit the inset to the data around the target: from where the first other run crosses it or ends (less
+    room for the labels) to the reference's end or the last crossing, and to the losses drawn there."""
+    from matplotlib.ticker import FuncFormatter
+
+    ref, others = summary["reference"], [e for e in summary["runs"] if not e["is_reference"] and e["final"]]
+    data_x = [x for r in runs for x, _ in r.points()]
+    crossings = [e["to_target"]["flops"] for e in others if e["reached_target"]]
+    x_hi = max([ref["flops"], *crossings])
+    x_lo = min([ref["flops"], *crossings, *(e["final"]["flops"] for e in others if not e["reached_target"])])
+    x_lo -= 0.4 * (x_hi - x_lo) if x_hi > x_lo else 0.3 * (x_hi - min(data_x))
+    x_lo = max(x_lo, min(data_x))
+    # The curves are straight between eval points: their values at the window's edges and the points inside
+    # bound what is drawn there.
+    near = [ref["target_loss"]] + [l for r in runs for x, l in r.points() if x_lo <= x <= x_hi]
+    near += [v for r in runs for v in (loss_at(r.points(), x_lo), loss_at(r.points(), x_hi)) if v is not None]
+    inset.set(xlim=(x_lo, x_hi), ylim=_padded(min(near), max(near), 0.08))
+    # Scale written into the title: an offset text ("1e20") below the inset would hit the main curves.
+    exponent = math.floor(math.log10(x_hi)) if x_hi > 0 else 0
+    inset.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 10 ** exponent:g}"))
+    inset.tick_params(labelsize=8)
+    inset.set_title(f"zoom on the target (FLOPs in units of 1e{exponent})", fontsize=9)
 
 
 def main(argv=None) -> None:

@@ -107,6 +107,29 @@ def test_example_log_file_has_plain_lines(example_in_a_file, tmp_path, tty):
         assert "\r" not in console and not re.search(r"^train:", console, flags=re.M)
 
 
+def test_a_rerun_appends_to_the_log_and_to_a_callers_file(example_in_a_file, tmp_path):
+    """Rerun with a typo, the example keeps the finished run's log (a header line per run, then its console) and
+    leaves what a file the caller appends the console to (>>) already held."""
+    cache, _ = example_in_a_file
+    first = (cache / "logs" / "gpt_example.log").read_text()
+    assert first.startswith("# ") and "run_pretrain.py" in first.splitlines()[0]
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "gpt_example.log").write_text(first)  # the finished run's log, where the rerun logs
+    console = tmp_path / "console.txt"
+    console.write_text("earlier line\n")
+    args, env = example_command(cache, "--max_train_stepz", "3", folder=tmp_path)
+    with open(console, "a") as out:
+        rerun = subprocess.run(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=300)
+    assert rerun.returncode == 2
+    error = "error: unrecognized arguments: --max_train_stepz 3"
+    text = console.read_text()
+    assert text.startswith("earlier line\n[example] gpt_example:") and error in text
+    log = (tmp_path / "logs" / "gpt_example.log").read_text()
+    assert log.startswith(first)
+    header, *rest = log[len(first):].splitlines()
+    assert header.startswith("# ") and header.rstrip().endswith("--max_train_stepz 3") and error in rest[-1]
+
+
 def test_preempted_example_with_loader_workers_checkpoints_and_resumes_exactly(example_in_a_file, tmp_path):
     """SIGTERM to every process of the example script (shell, python, its 2 DataLoader workers, tee, awk),
     as a scheduler's preemption sends it: the run checkpoints at the next step boundary, the log keeps its

@@ -1,13 +1,15 @@
 """apollo.plot on synthetic run directories whose answers are known by construction."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from apollo.plot import _smooth, flops_to_reach, format_table, load_run, loss_at, main, summarize, summarize_runs
+from apollo.plot import _smooth, flops_to_reach, format_table, growth_marks, load_run, loss_at, main, plot, summarize, \
+    summarize_runs
 
 REPO = Path(__file__).resolve().parents[1]
 REF_FLOPS = 1e16  # the reference ends here, at loss 3.0
@@ -167,3 +169,73 @@ def test_help_documents_smoothing(capsys):
         main(["--help"])
     helptext = " ".join(capsys.readouterr().out.split())
     assert "--smooth K" in helptext and "always computed on the raw eval points" in helptext
+
+
+def grown_run(path: Path, event_at_first_step_of_stage: bool = True) -> Path:
+    """Stages of 1, 3 and 6 unique layers ending at steps 20, 40 and 60, a training line every step, an eval every 10
+    steps (loss 10 at 0, falling by 0.125 a step: the reference's 3.0 at step 56), FLOPs not proportional to steps."""
+    path.mkdir(parents=True)
+    lines = []
+    for step in range(61):
+        flops, elapsed = 5e13 * step * (1 + step / 60), 2.0 * step
+        unique = 1 if step <= 20 else 3 if step <= 40 else 6
+        if step in (21, 41):  # the event names the first step of the new stage, or the last one of the old
+            lines.append({"step": step if event_at_first_step_of_stage else step - 1, "event": "growth",
+                          "from": 1 if step == 21 else 3, "to": unique, "map": []})
+        if step:
+            lines.append({"step": step, "loss": 9.0 - step / 10, "flops": flops, "elapsed_s": elapsed,
+                          "unique_layers": unique, "depth": unique})
+        if step % 10 == 0:
+            lines.append({"step": step, "flops": flops, "tokens": step * 512, "elapsed_s": elapsed,
+                          "eval_loss": 10.0 - 0.125 * step})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_growth_marks_sit_after_the_last_step_of_the_old_stage(tmp_path):
+    for first_step in (True, False):
+        run = load_run(grown_run(tmp_path / str(first_step), first_step))
+        marks = growth_marks(run)
+        assert [(m["from"], m["to"], m["step"]) for m in marks] == [(1, 3, 20), (3, 6, 40)]
+        assert [m["flops"] for m in marks] == [5e13 * s * (1 + s / 60) for s in (20, 40)]
+        assert [m["elapsed_s"] for m in marks] == [40.0, 80.0]
+
+
+def drawn(ax):
+    """The data-space lines of an Axes (not the target line, whose x is in axes coordinates), by gid."""
+    return [line for line in ax.lines if line.get_transform() == ax.transData]
+
+
+def test_figure_shows_every_eval_marks_every_growth_and_zooms_within_the_data(tmp_path):
+    ref = load_run(write_run(tmp_path / "scratch", reference_evals(), {"apollo_layers": None}))  # 10.0 at step 0
+    grown = load_run(grown_run(tmp_path / "grown"))
+    # Stalls at 3.5 and stops at 8e15, before the reference's end: the reference's end is the last FLOPs drawn.
+    stalled = load_run(write_run(tmp_path / "stalled", [(10 * k, k * 1e15, 10.0 * k, max(3.5, 10.0 - k)) for k in range(9)]))
+    runs = [ref, grown, stalled]
+    fig = plot(runs, summarize(runs, ref))
+    flops_ax, time_ax, step_ax = fig.axes[:3]
+    unit = {"h": 3600, "min": 60, "s": 1}[re.search(r"\((\w+)\)", time_ax.get_xlabel()).group(1)]
+    for ax, axis, scale in ((flops_ax, "flops", 1), (time_ax, "elapsed_s", 1 / unit), (step_ax, "step", 1)):
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        for run in runs:
+            # Its curve: every eval point inside the axes.
+            [curve] = [line for line in drawn(ax) if list(line.get_ydata()) == [loss for _, loss in run.points(axis)]]
+            assert list(curve.get_xdata()) == pytest.approx([x * scale for x, _ in run.points(axis)])
+            assert all(x0 <= x <= x1 for x in curve.get_xdata()) and all(y0 <= y <= y1 for y in curve.get_ydata())
+            # Its growths (write_run's runs carry one event, at step 5: marked at their step-0 line), in its color,
+            # on its curve.
+            [marks] = [line for line in drawn(ax) if line.get_gid() == "growth" and line.get_color() == curve.get_color()]
+            want = [m[axis] * scale for m in growth_marks(run)]
+            assert list(marks.get_xdata()) == pytest.approx(want) and len(want) == (2 if run is grown else 1)
+            assert list(marks.get_ydata()) == pytest.approx([loss_at(run.points(axis), x / scale) for x in want])
+            assert all(x0 <= x <= x1 for x in marks.get_xdata()) and all(y0 <= y <= y1 for y in marks.get_ydata())
+    [inset] = flops_ax.child_axes
+    (x0, x1), (y0, y1) = inset.get_xlim(), inset.get_ylim()
+    data_x = [x for run in runs for x, _ in run.points()]
+    assert min(data_x) <= x0 < x1 <= max(data_x)  # within the data
+    # What the curves (straight between evals) draw inside the window is all in view, with at most 10% of its
+    # range as margin.
+    grid = [x0 + (x1 - x0) * k / 400 for k in range(401)]
+    seen = [loss for run in runs for x in grid if (loss := loss_at(run.points(), x)) is not None]
+    lo, hi = min(seen), max(seen)
+    assert y0 <= lo and hi <= y1 and y0 >= lo - 0.1 * (hi - lo) and y1 <= hi + 0.1 * (hi - lo)
