@@ -57,7 +57,7 @@ from apollo.rank_failures import FailureGuard
 from apollo.sampling import sample_depth
 from apollo.schedule import StageSchedule
 from apollo.shared_layers import layer_slots, run_along
-from apollo.stage_ddp import keep_idle_slots_out_of_ddp, rewrap_ddp
+from apollo.stage_ddp import destroy_process_group_last, keep_idle_slots_out_of_ddp, rewrap_ddp
 from apollo.throughput import device_peak_tflops, mfu, tokens_per_s
 from apollo.tokenizer import load_tokenizer, local_tokenizer
 
@@ -649,7 +649,8 @@ def main(argv=None, guard: FailureGuard | None = None) -> None:
         metrics.close()
     if info:
         info.close()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # end_training() minus destroying the process group: cli() does that
+        tracker.finish()
 
 
 def throughput(since: dict, now: dict, devices: int, peak_tflops: float | None) -> str:
@@ -675,6 +676,8 @@ def cli(argv=None) -> int:
     try:
         main(argv, guard)
         return 0
+    except SystemExit as stop:  # the preemption stop and argparse: returned, so that main's frames are freed below
+        return stop.code
     except (ConfigError, FloatingPointError) as err:
         guard.close()  # this thread reports now, not the watcher
         guard.announce(err)  # a rank that fails alone (e.g. one that waited past --ddp_timeout) ends the others
@@ -693,6 +696,7 @@ def cli(argv=None) -> int:
     finally:  # main installs preemption handlers; put the caller's back (tests call cli in-process)
         guard.close()
         close_open_logs()
+        destroy_process_group_last()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         sys.stdout, sys.stderr = streams
