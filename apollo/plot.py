@@ -315,8 +315,9 @@ def plot(runs: list[Run], summary: dict, out=None, smooth: int = 0, train_loss: 
         if axis == "flops":
             ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     losses = [l for r in runs for _, l in r.points()]
-    for ax in axes:  # every eval point in view, the first (near-random) ones included
-        ax.set_ylim(*_padded(min(losses), max(losses), 0.05))
+    low, high = _padded(min(losses), max(losses), 0.06)
+    for ax in axes:  # every eval point in view, the first (near-random) ones included; room for a label below
+        ax.set_ylim(low - 0.08 * (high - low), high)
     _zoom_on_target(inset, runs, summary)
     axes[0].indicate_inset_zoom(inset, edgecolor="0.4")
     axes[0].set(xlabel="training FLOPs (forward + backward, executed depth)", ylabel="validation loss (full depth)",
