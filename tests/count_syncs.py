@@ -74,7 +74,7 @@ for name in ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", 
              "gather", "scatter", "barrier", "all_gather_object", "broadcast_object_list"):
     setattr(dist, name, counting("collectives", name, getattr(dist, name)))
 run_pretrain.evaluate = recording("evaluation", run_pretrain.evaluate)
-run_pretrain.grow_layers = recording("growth", run_pretrain.grow_layers)
+run_pretrain.grow_at_boundary = recording("growth", run_pretrain.grow_at_boundary)
 run_pretrain.save_checkpoint = recording("checkpoint", run_pretrain.save_checkpoint)
 register_optimizer_step_pre_hook(step_begins)
 register_optimizer_step_post_hook(step_ends)

@@ -68,8 +68,8 @@ def test_padding_the_last_evaluation_batch_keeps_the_loss():
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from apollo.data import BlockCollator, eval_batches
-    from run_pretrain import evaluate
+    from apollo.batches import BlockCollator, eval_batches
+    from apollo.evaluation import evaluate
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=16))

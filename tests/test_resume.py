@@ -19,13 +19,13 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from apollo.checkpoint import complete_checkpoints, read_trainer_state
+from apollo.checkpoint import TrainerState, complete_checkpoints
 from conftest import final_weights, metrics_without_wall_clock, read_jsonl, run_inprocess
 
 ARCH = {"gpt2": "n_layer=4,n_embd=32,n_head=4",
         "bert": "num_hidden_layers=4,hidden_size=32,num_attention_heads=4,intermediate_size=64"}
 TOTAL = 10
-GROWTH_STEPS = [4, 7]  # stages end after steps 3 and 6; a growth record names the step it precedes
+GROWTH_STEPS = [3, 6]  # stages end after steps 3 and 6; a growth line names the finished steps
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def runs(tmp_path_factory, run_args):
             # What the resumed runs must reproduce: two growths, at the stage ends, in both logs.
             assert growth_records(tmp / "reference") == GROWTH_STEPS
             sched = read_jsonl(tmp / "reference" / "sched.rank_0")
-            assert [r["curr_global_step"] for r in sched if r["do_stack"]] == [s - 1 for s in GROWTH_STEPS]
+            assert [r["curr_global_step"] for r in sched if r["do_stack"]] == GROWTH_STEPS  # 0-based: the next step
             done[model] = tmp
         return done[model]
 
@@ -173,7 +173,7 @@ def test_save_total_limit_deletes_only_complete_checkpoints(killed_while_saving)
     assert [p.name for p in complete_checkpoints(out)] == ["checkpoint-9", f"checkpoint-{TOTAL}"]
     assert (out / "checkpoint-0").is_dir()
     assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
-    assert read_trainer_state(out / f"checkpoint-{TOTAL}")["step"] == TOTAL
+    assert TrainerState.read(out / f"checkpoint-{TOTAL}").step == TOTAL
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -206,7 +206,7 @@ def test_stop_signal_checkpoints_at_step_boundary_and_resumes_exactly(runs, run_
         signal.signal(signum, previous)
     assert sent.is_set() and result.returncode == 0, result.stderr[-3000:]
     [ckpt] = complete_checkpoints(out)
-    stopped = read_trainer_state(ckpt)["step"]
+    stopped = TrainerState.read(ckpt).step
     assert 1 <= stopped < TOTAL and ckpt.name == f"checkpoint-{stopped}"
     assert f"Stop requested: saved a checkpoint at step {stopped}" in result.stdout
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r][-1] == stopped
