@@ -56,7 +56,7 @@ from apollo.preemption import StopRequest
 from apollo.rank_failures import FailureGuard
 from apollo.schedule import StageSchedule, StepCounts, stage_schedule, step_counts
 from apollo.shared_layers import layer_slots
-from apollo.stage_ddp import keep_idle_slots_out_of_ddp
+from apollo.stage_ddp import destroy_process_group_last, keep_idle_slots_out_of_ddp
 from apollo.throughput import mfu, throughput_text, tokens_per_s
 from apollo.tokenizer import local_tokenizer, named_tokenizer
 from apollo.train_step import DepthDraws, StepResult, diverged, train_step
@@ -73,6 +73,8 @@ def cli(argv=None) -> int:
     try:
         main(argv, guard)
         return 0
+    except SystemExit as stop:  # the preemption stop and argparse: returned, so that main's frames are freed below
+        return stop.code
     except (ConfigError, FloatingPointError) as err:
         guard.close()  # this thread reports now, not the watcher
         guard.announce(err)  # a rank that fails alone (e.g. one that waited past --ddp_timeout) ends the others
@@ -91,6 +93,7 @@ def cli(argv=None) -> int:
     finally:  # main installs preemption handlers; put the caller's back (tests call cli in-process)
         guard.close()
         close_open_logs()
+        destroy_process_group_last()  # only now: nothing of main's (the Run and its DDP wrapper) is alive
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         sys.stdout, sys.stderr = streams
@@ -439,7 +442,8 @@ def save(run: Run) -> None:
         run.tokenizer.save_pretrained(run.out)
         accelerator.print(f"Saved the final {run.config.num_hidden_layers}-layer model and tokenizer to {run.out}")
     run.logs.close()
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # end_training() minus destroying the process group: cli() does that
+        tracker.finish()
 
 
 if __name__ == "__main__":

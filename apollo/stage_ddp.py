@@ -11,8 +11,10 @@ save_state/load_state see the same model and optimizer across stage boundaries.
 """
 from __future__ import annotations
 
+import gc
 import itertools
 
+import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -53,3 +55,20 @@ def rewrap_ddp(accelerator, model: nn.Module) -> nn.Module:
     # the wrapper; should a version hold the wrapper, it gets the new one.
     accelerator._models[:] = [new if m is model else m for m in accelerator._models]
     return new
+
+
+def destroy_process_group_last() -> None:
+    """Destroy the default process group once nothing else holds it (the end of a run; no-op without one).
+
+    Why this order: a DDP reducer holds the process group from C++, and when Python frees the reducer
+    it runs the group's destructor with the GIL held. Gloo's destructor joins its worker threads, and
+    a worker that is still destroying the run's last all-reduce must take the GIL to release a Python
+    object that the work captured: a deadlock, seen as a 2-process run that hangs after saving its
+    model (torch 2.13, intermittent on loaded CPUs, every time in a loop of short runs). So the group
+    must outlive every DDP wrapper: the caller lets main's objects go (and this collects the cycles
+    among them), and only then is the group destroyed here, by Python, whose handle of the group
+    releases the GIL in the destructor. Accelerate's end_training() would destroy it inside main.
+    """
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -178,6 +178,14 @@ def test_idle_slots_out_of_ddp_train_bit_identically_to_the_unused_parameter_sea
     assert DDP_FOUND_NOTHING not in (two_processes / "stderr.txt").read_text()
 
 
+def test_the_process_group_outlives_every_ddp_wrapper(two_processes):
+    """The end of a run destroys the process group once, when no DDP wrapper is left: a DDP reducer freed
+    after the group runs gloo's destructor with the GIL held, and that can deadlock with a gloo worker
+    thread (the run hung after saving its model, about once in 30 CPU runs; apollo/stage_ddp.py)."""
+    for rank in (0, 1):
+        assert json.loads((two_processes / f"teardown.rank_{rank}.json").read_text()) == [0]
+
+
 # ---- one host sync per step (issue 14, item 6) --------------------------------------------------
 # transformers' causal-mask preparation reads one value per forward pass of a causal LM (it checks
 # whether the position ids hold packed sequences); it sits inside the stock model, not in our loop.
