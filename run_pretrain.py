@@ -291,7 +291,9 @@ def open_logs(cfg: TrainConfig, accelerator, resume: Resume | None, schedule: St
     out = Path(cfg.output_dir)
     metrics = None
     if accelerator.is_main_process:
-        metrics = JsonLines(out / "metrics.jsonl", (lambda r: resume.keeps_metrics_line(r, schedule)) if resume else None)
+        at_checkpoint = schedule.unique_layers(max(resume.state.step - 1, 0)) if resume else None  # layers the weights hold
+        metrics = JsonLines(out / "metrics.jsonl",
+                            (lambda r: resume.keeps_metrics_line(r, at_checkpoint)) if resume else None)
     schedule_file = None
     if cfg.apollo_info_output_file:
         prefix = Path(cfg.apollo_info_output_file)

@@ -149,7 +149,7 @@ def test_bad_peak_tflops_is_refused_in_one_line(tmp_path, value):
 
 # ---- buffered logs (item 6) and failure lines (item 4) ------------------------------------------------
 def test_logs_reach_the_file_at_flush_or_on_an_error(tmp_path):
-    log = JsonLines(tmp_path / "m.jsonl", None, "step")
+    log = JsonLines(tmp_path / "m.jsonl")
     log.write({"step": 1})
     log.write({"step": 2})
     assert (tmp_path / "m.jsonl").read_text() == ""  # buffered: no write per record
