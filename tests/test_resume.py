@@ -7,6 +7,7 @@ growth). Dropout stays on, so the global RNG must resume too; BERT adds MLM mask
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -129,6 +130,39 @@ def test_resume_is_bit_identical(runs, run_args, model, k, spec):
     assert f"Resumed from {out / f'checkpoint-{k}'} at step {k}" in result.stdout
     assert growth_records(out) == GROWTH_STEPS, "growth repeated or lost across the resume"
     assert_same_run(out, tmp / "reference")
+
+
+def written_before_trainer_state(out: Path) -> None:
+    """OUTPUT_DIR as runs wrote it before the `TrainerState` class and the growth-step convention: each
+    trainer_state.json a plain dict (here without `last_checkpoint`, which the oldest lacked) and growth
+    lines named after the first step of the new stage (finished steps + 1)."""
+    for ckpt in complete_checkpoints(out):
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        (ckpt / "trainer_state.json").write_text(json.dumps({k: state[k] for k in ("step", "tokens", "flops",
+                                                                                    "elapsed_s")}))
+    lines = (out / "metrics.jsonl").read_text().splitlines()  # the last one torn (killed_after)
+    for i, line in enumerate(lines):
+        if '"event": "growth"' in line:
+            record = json.loads(line)
+            lines[i] = json.dumps({**record, "step": record["step"] + 1})
+    (out / "metrics.jsonl").write_text("\n".join(lines))
+
+
+def test_a_checkpoint_and_logs_written_before_the_trainer_state_class_resume(runs, run_args):
+    tmp = runs("gpt2")
+    out = killed_after(tmp / "saved", 4, tmp / "resumed-old-format")
+    written_before_trainer_state(out)
+    train(run_args("gpt2", out, "--save_steps", 1, "--resume_from_checkpoint", "latest"))
+    # The growth before checkpoint 4 stays as the old run logged it, once; the next is logged the new way.
+    assert growth_records(out) == [GROWTH_STEPS[0] + 1, GROWTH_STEPS[1]]
+    lines = read_jsonl(out / "metrics.jsonl")
+    for line in lines:  # that line put in the new convention, the run equals the uninterrupted one
+        if line.get("event") == "growth" and line["step"] == GROWTH_STEPS[0] + 1:
+            line["step"] = GROWTH_STEPS[0]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert_same_run(out, tmp / "reference")
+    old = TrainerState.read(out / "checkpoint-4")  # 4 steps of 2 x 2 blocks of 32 tokens
+    assert (old.step, old.tokens, old.last_checkpoint) == (4, 4 * 2 * 2 * 32, None)
 
 
 # ---- no work lost ----------------------------------------------------------------------------
