@@ -39,7 +39,6 @@ NEW_FIELDS = "fields new since REF"
 EXCEPTIONS = (f"wall-clock fields {', '.join(WALL_CLOCK)}", GROWTH_STEP, NEW_FIELDS,
               "run_config.json output_dir", "trainer_state.json elapsed_s")
 
-SHORT = ["--max_train_samples", "160"]  # 100 optimizer steps of the examples' 16 x 128 tokens
 RUNS = {  # name -> (example script, flags added to its own)
     "gpt_apollo": ("run_pretrain_gpt_apollo_example.sh", []),
     "gpt": ("run_pretrain_gpt_example.sh", []),
@@ -57,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--before", required=True, help="The commit (branch, tag) to compare this tree against.")
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS), help="Which example runs.")
     p.add_argument("--workdir", default=None, help="Keep the runs here (default: a temporary folder, removed).")
+    p.add_argument("--max_train_samples", type=int, default=160,
+                   help="Training blocks of each run: 160 = 100 optimizer steps of the examples' stage shape; fewer "
+                        "for a quicker check (e.g. 32: 20 steps).")
     return p.parse_args(argv)
 
 
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
     try:
         for name in args.runs:
             script, extra = RUNS[name]
-            flags = [*example_flags(script), *SHORT, *extra]
+            flags = [*example_flags(script), "--max_train_samples", str(args.max_train_samples), *extra]
             dirs = {"before": work / "before" / name, "after": work / "after" / name}
             with concurrent.futures.ThreadPoolExecutor(2) as pool:  # side by side, one thread each
                 done = {tree: pool.submit(train, root, dirs[tree], flags, work / "cache")
