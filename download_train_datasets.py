@@ -364,7 +364,7 @@ def main(argv=None):
     if args.validation_split_percentage:
         # The hold-out run_pretrain.py makes: runs of consecutive documents, independent of --seed,
         # both splits in stored order (documents are concatenated into blocks in that order).
-        from apollo.data import split_holdout
+        from apollo.corpus import split_holdout
         dataset_dict = split_holdout(train, args.validation_split_percentage)
     else:
         dataset_dict = DatasetDict(train=train)

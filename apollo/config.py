@@ -95,7 +95,7 @@ class TrainConfig:
                              "block and every sampled depth; compiling the whole model instead (Accelerate's "
                              "dynamo_backend) recompiles for each new depth plan and is refused for Apollo runs.")
     # Logging, evaluation, checkpoints
-    output_dir: str | None = _f(None, "Where metrics, checkpoints and the final model go (required).")
+    output_dir: str | None = _f(None, "Where metrics, checkpoints and the final model go; required except with --preprocess_only.")
     overwrite_output_dir: bool = _f(False, "Clear a non-empty --output_dir before starting.")
     logging_steps: int = _f(10, "Print a progress line every N optimizer steps (metrics.jsonl gets every step).")
     peak_tflops: float | None = _f(None, "Peak dense bf16 TFLOP/s of one device, for the MFU in the logs (achieved "
@@ -175,9 +175,9 @@ class TrainConfig:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("max_train_steps", "eval_steps", "save_steps", "save_total_limit", "max_train_samples",
                      "max_eval_samples", "warmup_steps"):
-            value = getattr(self, name)
-            if value is not None and value < (0 if name == "warmup_steps" else 1):
-                raise ConfigError(name, f"must be >= 1, got {value}")
+            value, least = getattr(self, name), 0 if name == "warmup_steps" else 1
+            if value is not None and value < least:
+                raise ConfigError(name, f"must be >= {least}, got {value}")
         if not 0 < self.mlm_probability < 1:
             raise ConfigError("mlm_probability", f"must be in (0, 1), got {self.mlm_probability}")
         if not 0 <= self.warmup_ratio < 1:
@@ -256,9 +256,19 @@ class _OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Argparse's "(default: X)" only where it says something: not for a switch, an unset flag (None; its help
+    text says what happens then) or a help text that states its default itself."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "Default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(description="Pretrain BERT (MLM) or GPT-2 (CLM) from scratch or with Apollo.",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _OneLineParser(description="Pretrain BERT (masked LM), GPT-2 or another decoder family of transformers "
+                                        "(causal LM), from scratch or with Apollo.", formatter_class=_DefaultsFormatter)
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         meta = dict(f.metadata)

@@ -119,16 +119,6 @@ def backward_excess(config, batch_size: int, seq_len: int) -> float:
     return (backward - BACKWARD_MULTIPLIER * (layer + head)) / ((1 + BACKWARD_MULTIPLIER) * layer)
 
 
-def layer_flops(config, batch_size: int, seq_len: int) -> int:
-    """Forward FLOPs of one transformer layer over a batch of `batch_size` x `seq_len` tokens."""
-    return counted(config, batch_size, seq_len)[0]
-
-
-def head_flops(config, batch_size: int, seq_len: int) -> int:
-    """Forward FLOPs outside the blocks: the LM head at every position (BERT: with its MLM transform)."""
-    return counted(config, batch_size, seq_len)[1]
-
-
 def forward_flops(config, batch_size: int, seq_len: int, depth: int) -> int:
     """Forward FLOPs (2 per multiply-add) of the embeddings-to-logits pass at `depth` layers."""
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
@@ -143,6 +133,15 @@ def forward_flops(config, batch_size: int, seq_len: int, depth: int) -> int:
 def training_flops(config, batch_size: int, seq_len: int, depth: int) -> int:
     """FLOPs of forward + backward of one micro-batch at `depth` layers: 3 x forward."""
     return (1 + BACKWARD_MULTIPLIER) * forward_flops(config, batch_size, seq_len, depth)
+
+
+def step_flops(config, batch_size: int, seq_len: int, depths, processes: int) -> float:
+    """FLOPs of one optimizer step over all processes: each runs one micro-batch at each of `depths` (every
+    process draws the same depths)."""
+    total = 0.0
+    for depth in depths:
+        total += training_flops(config, batch_size, seq_len, depth) * processes
+    return total
 
 
 def reference_forward_flops(config, batch_size: int, seq_len: int, depth: int) -> int:

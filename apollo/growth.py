@@ -1,15 +1,51 @@
 """Growth at a stage boundary (method spec, section 3): copy unique layers along the growth map.
 
 Copies are in place (`copy_` under no_grad via `load_state_dict`), so parameter objects keep
-their identity and the optimizer and the DDP wrapper that hold them stay valid.
+their identity and the optimizer that holds them stays valid; only the DDP wrapper is rebuilt,
+to cover the grown slots (apollo/stage_ddp.py).
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from .plan import growth_map
+from .shared_layers import layer_slots
+from .stage_ddp import keep_idle_slots_out_of_ddp, rewrap_ddp
+
+
+@dataclass(frozen=True)
+class Growth:
+    """How a run grows, from its flags."""
+    method: str  # --grow_method: the growth map (and the depth plans)
+    copy_optimizer_state: bool  # --copy_optimizer_state_on_growth
+    noise: float  # --growth_noise
+    seed: int  # --seed: the noise is a function of (seed, step)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Growth":
+        return cls(cfg.grow_method, cfg.copy_optimizer_state_on_growth, cfg.growth_noise, cfg.seed)
+
+
+def grow_at_boundary(accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, old: int, new: int,
+                     growth: Growth, step: int, idle_slots_out_of_ddp: bool) -> tuple[nn.Module, list[int]]:
+    """Grow from `old` to `new` unique layers after `step` finished optimizer steps, before the next forward.
+
+    Returns the model to train with (a new DDP wrapper when idle slots are kept out of DDP and DDP must now
+    cover the grown slots; else `model`) and the growth map.
+    """
+    raw = accelerator.unwrap_model(model)
+    slots = layer_slots(raw)
+    gmap = growth_map(old, new, growth.method)
+    grow_layers(slots, gmap, optimizer, growth.copy_optimizer_state, noise=growth.noise,
+                noise_seed=growth_noise_seed(growth.seed, step))
+    if idle_slots_out_of_ddp and keep_idle_slots_out_of_ddp(raw, slots, new):
+        model = rewrap_ddp(accelerator, model)
+    return model, gmap
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """Run logs: metrics.jsonl (main process) and the official per-rank schedule file.
 
-Both are JSON lines. On resume from step k, lines that belong to steps after k (written before
-a crash, past the last checkpoint) are dropped so the files continue without duplicates.
+Both are JSON lines. On resume from checkpoint k, lines the checkpoint does not cover (written before
+a crash, past the last checkpoint; `apollo.checkpoint.Resume` decides) are dropped so the files continue
+without duplicates.
 Lines are buffered and reach the file at `flush()` (the loop flushes at logging steps, evaluations,
 checkpoints and exit; `flush_open_logs` on errors), not once per step or micro-batch on every rank.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from .plan import growth_map
@@ -20,17 +22,18 @@ _OPEN: set["JsonLines"] = set()
 
 
 class JsonLines:
-    def __init__(self, path, keep_through_step: int | None, step_key: str):
-        """Open for appending; with `keep_through_step`, first drop lines whose `step_key` exceeds it."""
+    def __init__(self, path, keep: Callable[[dict], bool] | None = None):
+        """Open for appending. A new file without `keep`; with it (a resumed run), the lines of the
+        interrupted run that `keep` accepts stay and the rest go (a torn last line goes too)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if keep_through_step is not None and self.path.exists():
+        if keep is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
-                    if (record := _parse(line)) is not None and record.get(step_key, 0) <= keep_through_step]
+                    if (record := _parse(line)) is not None and keep(record)]
             tmp = self.path.with_suffix(self.path.suffix + ".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)
-        elif keep_through_step is None and self.path.exists():
+        elif keep is None and self.path.exists():
             self.path.unlink()
         self.file = open(self.path, "a")
         self.pending: list[str] = []
@@ -96,3 +99,33 @@ def stack_info(layers, stage: int, method: str) -> list[int]:
     if method == "extend":  # int(k / (new / old)) in integers
         return [k * old // new for k in range(new)]
     return list(range(old - new, old))  # stack: the top-most `new` layers
+
+
+class RunLogs:
+    """A run's JSON-lines logs: metrics.jsonl (the main process's; None on the others) and the schedule file
+    (every rank's, with --apollo_info_output_file; else None)."""
+
+    def __init__(self, metrics: JsonLines | None, schedule: JsonLines | None):
+        self.metrics, self.schedule = metrics, schedule
+
+    def write_metrics(self, record: dict) -> None:
+        if self.metrics:
+            self.metrics.write(record)
+
+    def write_schedule(self, step: int, unique: int, plans: list[list[int]], grows: bool, gmap: list[int]) -> None:
+        """The schedule file's lines of optimizer step `step` (0-based), one per micro-batch; growth, if any, is
+        on the first; `gmap` is the file's stack_info (see `stack_info`)."""
+        if self.schedule:
+            for micro, plan in enumerate(plans):
+                self.schedule.write(schedule_record(step * len(plans) + micro, step, unique, len(plan), plan,
+                                                    grows and micro == 0, gmap))
+
+    def flush(self) -> None:
+        for log in (self.metrics, self.schedule):
+            if log:
+                log.flush()
+
+    def close(self) -> None:
+        for log in (self.metrics, self.schedule):
+            if log:
+                log.close()

@@ -30,3 +30,11 @@ def mfu(flops: float, seconds: float, devices: int, peak_tflops: float | None) -
     if peak_tflops is None or seconds <= 0:
         return None
     return flops / seconds / devices / (peak_tflops * 1e12)
+
+
+def throughput_text(since, now, devices: int, peak_tflops: float | None) -> str:
+    """Tokens per second and MFU between two snapshots of the run's counters (TrainerState), for a console line."""
+    seconds = now.elapsed_s - since.elapsed_s
+    rate = tokens_per_s(now.tokens - since.tokens, seconds)
+    util = mfu(now.flops - since.flops, seconds, devices, peak_tflops)
+    return f"tok/s {rate:.0f}" + (f" MFU {100 * util:.1f}%" if util is not None else "")

@@ -25,7 +25,8 @@ import numpy as np
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from .kinds import BERT, kind_of
+from .config import ConfigError
+from .kinds import BERT, ROLE_PURPOSE, kind_of
 
 _FORMAT = "v2"  # bump when the training recipe below changes, so old caches are not reused
 
@@ -35,16 +36,16 @@ def cache_root(cache_dir: str | None) -> Path:
 
 
 def _train(model_type: str, texts, vocab_size: int) -> PreTrainedTokenizerFast:
-    from tokenizers import ByteLevelBPETokenizer
-
     kind = kind_of(model_type)  # which tokenizer, and the special tokens the kind expects (apollo/kinds.py)
     if kind.tokenizer == "byte_bpe":
-        tok = ByteLevelBPETokenizer()
-        tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
-                                special_tokens=kind.special_token_list(), show_progress=False)
-        return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=1_000_000, **kind.special_tokens)
-    return PreTrainedTokenizerFast(tokenizer_object=_wordpiece(texts, vocab_size), model_max_length=1_000_000,
-                                   **kind.special_tokens)
+        from tokenizers import ByteLevelBPETokenizer
+
+        backend = ByteLevelBPETokenizer()
+        backend.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
+                                    special_tokens=kind.special_token_list(), show_progress=False)
+    else:
+        backend = _wordpiece(texts, vocab_size)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=1_000_000, **kind.special_tokens)
 
 
 WORDPIECE_SPECIALS = BERT.special_token_list()  # [PAD] [UNK] [CLS] [SEP] [MASK]: ids 0-4
@@ -138,3 +139,18 @@ def local_tokenizer(model_type: str, train_split, data_key: str, vocab_size: int
 
 def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(name)
+
+
+def named_tokenizer(cfg):
+    """The --tokenizer_name tokenizer (loaded early so its size is checked before any data work), else None."""
+    if not cfg.tokenizer_name:
+        return None
+    try:
+        tokenizer = load_tokenizer(cfg.tokenizer_name)
+    except (OSError, ValueError) as err:
+        raise ConfigError("tokenizer_name", f"cannot load {cfg.tokenizer_name!r}: {str(err).splitlines()[0]}") from None
+    kind = kind_of(cfg.model_type)
+    for role in (*kind.frame_before, *kind.frame_after):  # the tokens that frame each document in a block
+        if getattr(tokenizer, f"{role}_token_id") is None:
+            raise ConfigError("tokenizer_name", f"the tokenizer has no {ROLE_PURPOSE[role]}")
+    return tokenizer

@@ -6,7 +6,7 @@
 
 The data path is everything `run_pretrain.py` does to get a micro-batch: read the blocks the
 step-keyed sampler names from the Arrow cache, stack them, and for BERT draw the MLM masks. It is
-built here with the same pieces and flags as the training script (KeyedBlocks, StepBatchSampler,
+built here with the same pieces and flags as the training script (KeyedBlocks, MicroBatchSampler,
 BlockCollator, a DataLoader with `--dataloader_num_workers`), on the same token blocks cache.
 
 Part 1, side by side: a small model (12 layers, width 128) trains on this machine, and each step
@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, GPT2Config  # noqa: E402
 
 from apollo.config import parse_config  # noqa: E402
-from apollo.data import BlockCollator, KeyedBlocks, StepBatchSampler, load_text_splits, token_blocks  # noqa: E402
+from apollo.batches import BlockCollator, KeyedBlocks, MicroBatchSampler, mask_seed  # noqa: E402
+from apollo.corpus import load_text_splits, token_blocks  # noqa: E402
 from apollo.flops import training_flops  # noqa: E402
 from apollo.tokenizer import local_tokenizer  # noqa: E402
 
@@ -87,7 +88,7 @@ def blocks_for(model_type: str, seq_len: int, train_file):
 def loader(blocks, tokenizer, model_type, batch_size, num_batches, workers, seed=42):
     """The DataLoader exactly as run_pretrain.py builds it (one rank)."""
     micro_per_epoch = len(blocks) // batch_size
-    sampler = StepBatchSampler(len(blocks), batch_size, 1, 0, seed, micro_per_epoch, 0, num_batches)
+    sampler = MicroBatchSampler(len(blocks), batch_size, 1, 0, seed, micro_per_epoch, 0, num_batches)
     collator = BlockCollator(tokenizer, model_type == "bert", 0.15, seed)
     return torch.utils.data.DataLoader(KeyedBlocks(blocks), batch_sampler=sampler, collate_fn=collator,
                                        num_workers=workers, generator=torch.Generator())
@@ -142,6 +143,19 @@ def timed(fn, arg):
     return time.perf_counter() - t, time.thread_time() - c
 
 
+def hf_masked(collator: BlockCollator, rows) -> dict:
+    """What `collator` makes of `rows`, through Hugging Face's own `torch_mask_tokens` one block at a time, each
+    with the generator BlockCollator seeds for that block: the reference its batched masking must equal."""
+    inputs, labels = [], []
+    for row in rows:
+        epoch, index = row["key"]
+        collator.masker.generator = torch.Generator().manual_seed(mask_seed(collator.seed, epoch, index))
+        x, y = collator.masker.torch_mask_tokens(row["input_ids"][None].clone(), row["special_tokens_mask"][None].bool())
+        inputs.append(x)
+        labels.append(y)
+    return {"input_ids": torch.cat(inputs), "labels": torch.cat(labels)}
+
+
 def median_pair(pairs):
     return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
@@ -151,7 +165,7 @@ def full_scale(model_type, args):
     batch, seq = FULL_SHAPES[model_type]
     tokenizer, blocks = blocks_for(model_type, seq, args.train_file)
     n = min(args.full_batches, len(blocks) // batch)
-    sampler = StepBatchSampler(len(blocks), batch, 1, 0, 42, len(blocks) // batch, 0, n)
+    sampler = MicroBatchSampler(len(blocks), batch, 1, 0, 42, len(blocks) // batch, 0, n)
     keys = list(sampler)
     data = KeyedBlocks(blocks)
     collator = BlockCollator(tokenizer, model_type == "bert", 0.15, 42)
@@ -162,13 +176,13 @@ def full_scale(model_type, args):
         fetch.append(timed(data.__getitems__, k))
         collate.append(timed(collator, r))
         if model_type == "bert":
-            reference.append(timed(collator.reference, r))
+            reference.append(timed(lambda rows: hf_masked(collator, rows), r))
     (fetch, fetch_cpu), (collate, collate_cpu) = median_pair(fetch), median_pair(collate)
     total, total_cpu = fetch + collate, fetch_cpu + collate_cpu
     same = None
     if model_type == "bert":
         same = all(torch.equal(ours[key], ref[key]) for r in rows
-                   for ours, ref in [(collator(r), collator.reference(r))] for key in ours)
+                   for ours, ref in [(collator(r), hf_masked(collator, r))] for key in ours)
         if not same:
             raise SystemExit("BlockCollator's masks differ from DataCollatorForLanguageModeling.torch_mask_tokens")
     line = (f"  {model_type:5s} {batch}x{seq}: fetch {1e3 * fetch:6.2f} ms + collate {1e3 * collate:6.2f} ms "

@@ -70,7 +70,7 @@ def setups(base):
 
 
 def step_fn(ddp, plan, batch):
-    from run_pretrain import step_outcome  # the loop's own one-sync function
+    from apollo.train_step import step_outcome  # the loop's own one-sync function
 
     raw = ddp.module
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-4)

@@ -52,7 +52,7 @@ import transformers  # noqa: E402
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # noqa: E402
 
 from apollo.config import ConfigError, parse_config  # noqa: E402
-from apollo.data import embedded_sample  # noqa: E402
+from apollo.corpus import embedded_sample  # noqa: E402
 from apollo.families import check_family, config_at_depth, one_line  # noqa: E402
 from apollo.flops import count_forward, count_forward_backward, forward_flops, training_flops  # noqa: E402
 from apollo.growth import grow_layers  # noqa: E402
@@ -95,7 +95,7 @@ def _kv_heads(config):
 
 def run_pretrain_refusal(kind: str) -> str | None:
     """What `run_pretrain.py --model_type KIND` says about the family's default config (None: accepted)."""
-    from run_pretrain import model_config
+    from apollo.model_config import model_config
 
     try:
         model_config(parse_config(["--model_type", kind, "--output_dir", "unused"]))

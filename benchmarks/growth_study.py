@@ -306,7 +306,7 @@ def unigram_entropy(run: Path, cmd: list[str]) -> float:
     """Entropy (nats) of the token unigram distribution of the training text under the run's tokenizer."""
     from transformers import AutoTokenizer
 
-    from apollo.data import load_text_splits
+    from apollo.corpus import load_text_splits
     from apollo.config import parse_config
 
     cfg = parse_config(cmd + ["--output_dir", str(run)])

@@ -11,7 +11,7 @@ are read straight from the .deb (no install, no dpkg needed), prose paragraphs a
 code blocks dropped), and filtered: at least 40 characters, at least 60% letters, 90% of them ASCII,
 no exact or near duplicate of an earlier paragraph. One paragraph per line. Documents (source files) keep their
 paragraphs in order and are interleaved across packages by relative position, so any prefix holds
-every package in proportion. The hold-out is the data path's own (apollo.data.holdout_runs): 5% of
+every package in proportion. The hold-out is the data path's own (apollo.corpus.holdout_runs): 5% of
 the paragraphs, as up to 100 runs of consecutive paragraphs spread evenly over the corpus, which is
 exactly what run_pretrain.py would hold out of this text with --validation_split_percentage 5.
 The same .deb files give byte-identical outputs: train.txt, validation.txt, documents.tsv,
@@ -199,7 +199,7 @@ def cut(documents, max_bytes: int | None):
 
 def split(paragraphs: list[str]) -> tuple[list[str], list[str], list[tuple[int, int]]]:
     """(train, validation, held-out runs): what run_pretrain.py holds out of these paragraphs by default."""
-    from apollo.data import holdout_runs  # the data path's own hold-out (imports torch: a few seconds)
+    from apollo.corpus import holdout_runs  # the data path's own hold-out (imports torch: a few seconds)
 
     runs = holdout_runs(len(paragraphs), VALIDATION_PERCENT)
     held = [False] * len(paragraphs)
@@ -274,7 +274,7 @@ identifier-like words are erased).
 |---|---|---|---|
 {outputs}
 
-`validation.txt` is the data path's own hold-out of these paragraphs (`apollo.data.holdout_runs`,
+`validation.txt` is the data path's own hold-out of these paragraphs (`apollo.corpus.holdout_runs`,
 {r['validation_percent']}%): {len(r['holdout_runs'])} runs of consecutive paragraphs spread evenly over the corpus.
 
 ## Rebuild

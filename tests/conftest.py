@@ -35,7 +35,7 @@ def apollo_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> list[str]:
     """Flags for a small slice of the embedded corpus: tokenizer training and tokenization in ~1 s."""
-    from apollo.data import embedded_sample
+    from apollo.corpus import embedded_sample
 
     return embedded_sample(tmp_path_factory.mktemp("tiny_corpus"), {"train": 120, "validation": 20})
 

@@ -89,7 +89,7 @@ for name in ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", 
     setattr(dist, name, counting("collectives", name, getattr(dist, name)))
 dist.destroy_process_group = ddp_alive_at_destruction(dist.destroy_process_group)
 run_pretrain.evaluate = recording("evaluation", run_pretrain.evaluate)
-run_pretrain.grow_layers = recording("growth", run_pretrain.grow_layers)
+run_pretrain.grow_at_boundary = recording("growth", run_pretrain.grow_at_boundary)
 run_pretrain.save_checkpoint = recording("checkpoint", run_pretrain.save_checkpoint)
 register_optimizer_step_pre_hook(step_begins)
 register_optimizer_step_post_hook(step_ends)

@@ -68,8 +68,8 @@ def test_padding_the_last_evaluation_batch_keeps_the_loss():
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from apollo.data import BlockCollator, eval_batches
-    from run_pretrain import evaluate
+    from apollo.batches import BlockCollator, eval_batches
+    from apollo.evaluation import evaluate
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=16))
@@ -149,7 +149,7 @@ def test_bad_peak_tflops_is_refused_in_one_line(tmp_path, value):
 
 # ---- buffered logs (item 6) and failure lines (item 4) ------------------------------------------------
 def test_logs_reach_the_file_at_flush_or_on_an_error(tmp_path):
-    log = JsonLines(tmp_path / "m.jsonl", None, "step")
+    log = JsonLines(tmp_path / "m.jsonl")
     log.write({"step": 1})
     log.write({"step": 2})
     assert (tmp_path / "m.jsonl").read_text() == ""  # buffered: no write per record

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from apollo.config import parse_config
-from apollo.data import (GROUP_DOCS, StepBatchSampler, epoch_permutation, holdout_runs, load_text_splits,
-                         token_blocks)
+from apollo.batches import MicroBatchSampler, epoch_permutation
+from apollo.corpus import GROUP_DOCS, holdout_runs, load_text_splits, token_blocks
 from apollo.tokenizer import local_tokenizer
 from conftest import TORCHRUN_2, final_weights, read_jsonl, run_inprocess, run_subprocess
 
@@ -97,17 +97,17 @@ def test_seeds_share_one_token_cache_and_preprocess_only_builds_it(numbered_corp
 def test_padded_epoch_wraps_round_like_distributed_sampler():
     # 6 blocks, global batch 2 x 4 micro-batches = 8: one step, positions 6 and 7 wrap to 0 and 1.
     perm = epoch_permutation(6, 7, 0)
-    one = list(StepBatchSampler(6, 2, 1, 0, 7, 4, 0, 8))
+    one = list(MicroBatchSampler(6, 2, 1, 0, 7, 4, 0, 8))
     assert [i for batch in one[:4] for _, i in batch] == [*perm, *perm[:2]]
     assert [i for batch in one[4:] for _, i in batch] == [*epoch_permutation(6, 7, 1), *epoch_permutation(6, 7, 1)[:2]]
     assert {e for batch in one[4:] for e, _ in batch} == {1}
     # Two ranks with half the batch see, micro-batch by micro-batch, the same blocks as one rank.
-    ranks = [list(StepBatchSampler(6, 1, 2, r, 7, 4, 0, 8)) for r in (0, 1)]
+    ranks = [list(MicroBatchSampler(6, 1, 2, r, 7, 4, 0, 8)) for r in (0, 1)]
     assert [a + b for a, b in zip(*ranks)] == one
     # A resumed sampler (start at micro-batch 4) continues exactly.
-    assert list(StepBatchSampler(6, 2, 1, 0, 7, 4, 4, 8)) == one[4:]
+    assert list(MicroBatchSampler(6, 2, 1, 0, 7, 4, 4, 8)) == one[4:]
     # With enough blocks nothing wraps: the epoch's leftover blocks are dropped (drop_last).
-    big = [i for batch in StepBatchSampler(10, 2, 1, 0, 7, 4, 0, 4) for _, i in batch]
+    big = [i for batch in MicroBatchSampler(10, 2, 1, 0, 7, 4, 0, 4) for _, i in batch]
     assert big == list(epoch_permutation(10, 7, 0)[:8])
 
 

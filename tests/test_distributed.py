@@ -24,12 +24,12 @@ import psutil
 import pytest
 import torch
 
-from apollo.checkpoint import complete_checkpoints, read_trainer_state
+from apollo.checkpoint import TrainerState, complete_checkpoints
 from conftest import REPO, TORCHRUN_2, entry_command, final_weights, read_jsonl, run_inprocess, run_subprocess, \
     signal_whole_job, subprocess_env
 
 TOTAL = 8
-GROWTH_STEPS = [3, 5]  # stages 1, 2, 4 unique layers end after steps 2 and 4
+GROWTH_STEPS = [2, 4]  # stages 1, 2, 4 unique layers end after steps 2 and 4: growth lines name the finished steps
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_sigterm_to_one_rank_stops_all_ranks_then_resumes_exactly(run_args, two_
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, stderr[-3000:]
     [ckpt] = complete_checkpoints(out)
-    stopped = read_trainer_state(ckpt)["step"]
+    stopped = TrainerState.read(ckpt).step
     assert 1 <= stopped < TOTAL, "the stop request was not honoured before the run ended"
     assert f"Stop requested: saved a checkpoint at step {stopped}" in stdout
     assert {p.name for p in ckpt.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
@@ -202,10 +202,10 @@ def test_one_host_sync_and_one_collective_per_steady_state_step(two_processes):
         assert len(steady) >= 4, intervals
         for i in steady:
             syncs = [c for c in intervals[i]["syncs"] if not c.startswith(LIBRARY_SYNC)]
-            assert len(syncs) == 1 and syncs[0].startswith("tolist in run_pretrain.py:step_outcome"), (i, syncs)
+            assert len(syncs) == 1 and syncs[0].startswith("tolist in train_step.py:step_outcome"), (i, syncs)
             assert len(intervals[i]["syncs"]) - len(syncs) == 2  # the library's, once per micro-batch
             [collective] = intervals[i]["collectives"]
-            assert collective.startswith("all_reduce in run_pretrain.py:step_outcome"), (i, collective)
+            assert collective.startswith("all_reduce in train_step.py:step_outcome"), (i, collective)
         # The counter sees what it should: evaluations and growths add their own.
         assert any(len(intervals[i]["collectives"]) > 1 for i in range(TOTAL) if "evaluation" in intervals[i]["events"])
 

@@ -76,7 +76,7 @@ def test_holdout_is_the_data_paths_split():
     """The builder's hold-out equals what run_pretrain.py's data path holds out of the same paragraphs."""
     from datasets import Dataset
 
-    from apollo.data import split_holdout
+    from apollo.corpus import split_holdout
 
     paragraphs = [f"paragraph {i}" for i in range(5003)]
     train, validation, runs = builder.split(paragraphs)

@@ -111,7 +111,7 @@ def test_llama_example_scripts_and_one_stage_equals_scratch(tiny_corpus, tmp_pat
 
     apollo = run_example("run_pretrain_llama_apollo_example.sh", tmp_path / "apollo", tiny_corpus)
     assert [(r["step"], r["from"], r["to"]) for r in apollo if r.get("event") == "growth"] == \
-        [(5, 1, 3), (9, 3, 6), (21, 6, 12)]
+        [(4, 1, 3), (8, 3, 6), (20, 6, 12)]
     train_steps = [r for r in apollo if "loss" in r]
     assert len(train_steps) == 40 and min(r["depth"] for r in train_steps[:20]) < 12
     assert sum(r["step_flops"] for r in train_steps) < sum(r["step_flops"] for r in scratch if "loss" in r)
@@ -156,7 +156,7 @@ def llama_args(tiny_corpus):
 def llama_reference(tmp_path_factory, llama_args):
     out = tmp_path_factory.mktemp("llama_reference") / "run"
     train(llama_args(out, 4, "--save_strategy", "no"))
-    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r.get("event") == "growth"] == [3, 5]
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r.get("event") == "growth"] == [2, 4]
     return out
 
 
@@ -190,7 +190,7 @@ def test_llama_full_scripts_command_is_accepted(mode, tmp_path):
     import shlex
 
     from apollo.config import parse_config
-    from run_pretrain import model_config
+    from apollo.model_config import model_config
 
     env = {**subprocess_env(), "GPUS_PER_NODE": "8", "DATASET_DIR": "/data/wiki", "DRY_RUN": "1"}
     proc = subprocess.run([str(REPO / "full-scripts" / f"llama_base_{mode}.sh")], env=env, capture_output=True,

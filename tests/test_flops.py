@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
-from apollo.flops import CPU_SDPA_FLOPS, forward_flops, layer_flops, reference_forward_flops, training_flops
+from apollo.flops import CPU_SDPA_FLOPS, forward_flops, reference_forward_flops, training_flops
 
 BATCH, SEQ, HIDDEN, HEADS, VOCAB = 2, 32, 64, 4, 1000
 DEPTHS = (1, 3, 7, 12)
@@ -114,7 +114,8 @@ def test_training_flops_linear_in_depth(kind):
     config = make_config(kind, 12)
     flops = [training_flops(config, BATCH, SEQ, d) for d in range(0, 13)]
     steps = {b - a for a, b in zip(flops, flops[1:])}
-    assert steps == {3 * layer_flops(config, BATCH, SEQ)}
+    layer = reference_forward_flops(config, BATCH, SEQ, 1) - reference_forward_flops(config, BATCH, SEQ, 0)
+    assert steps == {3 * layer}
     assert all(isinstance(f, int) for f in flops)
     # The configured depth does not matter; only the executed one does.
     assert training_flops(make_config(kind, 1), BATCH, SEQ, 7) == flops[7]

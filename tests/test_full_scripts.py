@@ -25,6 +25,7 @@ from test_logged_figures import Flags, assert_figures_are_independent_counts
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "full-scripts"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def lines(path):
@@ -178,7 +179,7 @@ def test_apollo_is_refused_under_fsdp_and_whole_model_compilation():
     from accelerate.utils import DistributedType, DynamoBackend
 
     from apollo.config import ConfigError, parse_config
-    from run_pretrain import check_accelerator
+    from apollo.accelerator import check_accelerator
 
     def accelerator(distributed_type, backend="NO"):
         return SimpleNamespace(distributed_type=distributed_type, device=torch.device("cpu"),
@@ -198,7 +199,8 @@ def test_apollo_is_refused_under_fsdp_and_whole_model_compilation():
 def test_collator_masks_equal_hugging_face_masking(tmp_path):
     from transformers import BertTokenizerFast
 
-    from apollo.data import BlockCollator
+    from apollo.batches import BlockCollator
+    from data_path import hf_masked  # benchmarks/data_path.py: HF's masking, block by block
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})  # vocab_file= builds 5 tokens
@@ -208,7 +210,7 @@ def test_collator_masks_equal_hugging_face_masking(tmp_path):
              "special_tokens_mask": (torch.rand(64, generator=g) < 0.1).long()} for i in range(16)]
     for p in (0.15, 0.5):
         collator = BlockCollator(tokenizer, True, p, seed=7)
-        ours, reference = collator(rows), collator.reference(rows)
+        ours, reference = collator(rows), hf_masked(collator, rows)
         assert torch.equal(ours["input_ids"], reference["input_ids"])
         assert torch.equal(ours["labels"], reference["labels"])
         assert (ours["labels"] != -100).any() and (ours["input_ids"] == tokenizer.mask_token_id).any()
@@ -220,7 +222,7 @@ def test_preemption_of_every_process_with_loader_workers_checkpoints_and_resumes
     "DataLoader worker ... is killed by signal: Terminated" (no checkpoint); and a dead tee would break
     the ranks' prints. Now the ranks finish the step and checkpoint, the log keeps their last lines, and
     RESUME=1 ends bit for bit where the uninterrupted run ended."""
-    from apollo.checkpoint import complete_checkpoints, read_trainer_state
+    from apollo.checkpoint import TrainerState, complete_checkpoints
     from conftest import final_weights, metrics_without_wall_clock, preempt
 
     out, logs = tmp_path / "out", tmp_path / "logs"
@@ -231,7 +233,7 @@ def test_preemption_of_every_process_with_loader_workers_checkpoints_and_resumes
                    ready=lambda: metrics.exists() and '"loss"' in metrics.read_text())
     console = proc.stdout
     [ckpt] = complete_checkpoints(out)
-    stopped = read_trainer_state(ckpt)["step"]
+    stopped = TrainerState.read(ckpt).step
     assert 10 <= stopped < 40
     log = (logs / "node-0.log").read_text()
     assert f"Stop requested: saved a checkpoint at step {stopped}" in log, console[-3000:]

@@ -59,7 +59,7 @@ def test_fraction_stage_ends_round_to_steps(args_of, tmp_path):
 
     config = json.loads((out / "run_config.json").read_text())
     assert config["stage_end_steps"] == [2, 5, 10]
-    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r.get("event") == "growth"] == [3, 6]
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r.get("event") == "growth"] == [2, 5]
 
 
 @pytest.mark.parametrize("scheduler, ramp_steps", [("cosine", 0), ("cosine", 4), ("warmup_stable_decay", 3)])

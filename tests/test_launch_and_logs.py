@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from apollo.checkpoint import complete_checkpoints, read_trainer_state
+from apollo.checkpoint import TrainerState, complete_checkpoints
 from conftest import REPO, TORCHRUN_2, entry_command, final_weights, metrics_without_wall_clock, preempt, \
     subprocess_env
 
@@ -142,7 +142,7 @@ def test_preempted_example_with_loader_workers_checkpoints_and_resumes_exactly(e
     proc = preempt(args, env=env, ready=lambda: metrics.exists() and metrics.read_text() != "")
     assert proc.returncode == 0, proc.stdout[-3000:]
     [ckpt] = complete_checkpoints(out)
-    stopped = read_trainer_state(ckpt)["step"]
+    stopped = TrainerState.read(ckpt).step
     assert 1 <= stopped < 12
     log = (tmp_path / "logs" / "gpt_example.log").read_text()
     assert f"Stop requested: saved a checkpoint at step {stopped}" in log, proc.stdout[-3000:]

@@ -128,7 +128,7 @@ def assert_figures_are_independent_counts(run_dir, f: Flags) -> None:
         assert not wrong, f"step {r['step']}: logged vs independent count {wrong}"
         assert math.isclose(r["lr"], cosine_lr(f, r["step"] - 1, total), rel_tol=1e-12, abs_tol=1e-20), r["step"]
     assert [(g["step"], g["from"], g["to"]) for g in growths] == \
-        [(end + 1, a, b) for end, a, b in zip(ends, layers, layers[1:])]
+        [(end, a, b) for end, a, b in zip(ends, layers, layers[1:])]  # after `end` steps
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Other tests compare one run of the loop with another run of the same loop (resum
 computed independently of run_pretrain.py:
 - the schedule file against the pure depth draw `sample_depth(dist, U, L, seed, step, micro)` and the
   plan formula floor(k*U/D), with U taken from the stage list given on the command line;
-- each epoch's batch order (StepBatchSampler) against the definition of a permutation, and the MLM
+- each epoch's batch order (MicroBatchSampler) against the definition of a permutation, and the MLM
   masks (BlockCollator) against properties that do not share its seed derivation;
 - accumulation k x batch b against one step of batch k*b (gradient scaling);
 - every logged evaluation against a stand-alone evaluation of that step's checkpoint, by an explicitly
@@ -26,7 +26,8 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, BertForMaskedLM, BertTokenizerFast
 
 from apollo.config import parse_config
-from apollo.data import EVAL_MASK_SEED, BlockCollator, StepBatchSampler, eval_batches, load_text_splits, token_blocks
+from apollo.batches import EVAL_MASK_SEED, BlockCollator, MicroBatchSampler, eval_batches
+from apollo.corpus import load_text_splits, token_blocks
 from apollo.sampling import sample_depth
 from apollo.tokenizer import load_tokenizer
 from conftest import final_weights, read_jsonl, run_inprocess
@@ -206,12 +207,12 @@ def test_evaluation_masks_are_the_fixed_ones_not_the_seed_s(bert_copy, eval_set)
 # --- --copy_optimizer_state_on_growth, end to end ---------------------------------------------------
 def optimizer_state_by_name(checkpoint: Path, run_dir: Path, args) -> dict:
     """{parameter name: Adam state} from a checkpoint's optimizer.bin."""
-    import run_pretrain
+    from apollo.optim import build_optimizer
 
     config = AutoConfig.from_pretrained(run_dir)
     model = BertForMaskedLM(config)
     # Only used to learn the order of the parameters in the optimizer's groups.
-    optimizer = run_pretrain.build_optimizer(parse_config([str(a) for a in args]), model)
+    optimizer = build_optimizer(parse_config([str(a) for a in args]), model)
     names = {id(p): n for n, p in model.named_parameters()}
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
     saved = torch.load(checkpoint / "optimizer.bin", weights_only=False)
@@ -306,7 +307,7 @@ def test_dropout_is_active_after_every_evaluation(gpt2_runs):
 def epoch_keys(num_blocks, batch, world, epochs, seed=SEED):
     """{epoch: [keys of all ranks, micro-batch by micro-batch]} as the loop's samplers yield them."""
     per_epoch = num_blocks // (batch * world)
-    ranks = [list(StepBatchSampler(num_blocks=num_blocks, batch_size=batch, world_size=world, rank=r, seed=seed,
+    ranks = [list(MicroBatchSampler(num_blocks=num_blocks, batch_size=batch, world_size=world, rank=r, seed=seed,
                                    micro_per_epoch=per_epoch, start=0, stop=per_epoch * epochs))
              for r in range(world)]
     out = {}
@@ -384,7 +385,7 @@ def test_mlm_masks_do_not_depend_on_the_process_count(wordpiece):
         per_epoch = 24 // (batch * world)
         found = {}
         for r in range(world):
-            sampler = StepBatchSampler(num_blocks=24, batch_size=batch, world_size=world, rank=r, seed=SEED,
+            sampler = MicroBatchSampler(num_blocks=24, batch_size=batch, world_size=world, rank=r, seed=SEED,
                                        micro_per_epoch=per_epoch, start=0, stop=2 * per_epoch)
             for keys in sampler:
                 out = collate(rows(ids, special, [(k, k[1]) for k in keys]))

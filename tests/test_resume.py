@@ -7,6 +7,7 @@ growth). Dropout stays on, so the global RNG must resume too; BERT adds MLM mask
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,13 +20,13 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from apollo.checkpoint import complete_checkpoints, read_trainer_state
+from apollo.checkpoint import TrainerState, complete_checkpoints
 from conftest import final_weights, metrics_without_wall_clock, read_jsonl, run_inprocess
 
 ARCH = {"gpt2": "n_layer=4,n_embd=32,n_head=4",
         "bert": "num_hidden_layers=4,hidden_size=32,num_attention_heads=4,intermediate_size=64"}
 TOTAL = 10
-GROWTH_STEPS = [4, 7]  # stages end after steps 3 and 6; a growth record names the step it precedes
+GROWTH_STEPS = [3, 6]  # stages end after steps 3 and 6; a growth line names the finished steps
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def runs(tmp_path_factory, run_args):
             # What the resumed runs must reproduce: two growths, at the stage ends, in both logs.
             assert growth_records(tmp / "reference") == GROWTH_STEPS
             sched = read_jsonl(tmp / "reference" / "sched.rank_0")
-            assert [r["curr_global_step"] for r in sched if r["do_stack"]] == [s - 1 for s in GROWTH_STEPS]
+            assert [r["curr_global_step"] for r in sched if r["do_stack"]] == GROWTH_STEPS  # 0-based: the next step
             done[model] = tmp
         return done[model]
 
@@ -131,6 +132,39 @@ def test_resume_is_bit_identical(runs, run_args, model, k, spec):
     assert_same_run(out, tmp / "reference")
 
 
+def written_before_trainer_state(out: Path) -> None:
+    """OUTPUT_DIR as runs wrote it before the `TrainerState` class and the growth-step convention: each
+    trainer_state.json a plain dict (here without `last_checkpoint`, which the oldest lacked) and growth
+    lines named after the first step of the new stage (finished steps + 1)."""
+    for ckpt in complete_checkpoints(out):
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        (ckpt / "trainer_state.json").write_text(json.dumps({k: state[k] for k in ("step", "tokens", "flops",
+                                                                                    "elapsed_s")}))
+    lines = (out / "metrics.jsonl").read_text().splitlines()  # the last one torn (killed_after)
+    for i, line in enumerate(lines):
+        if '"event": "growth"' in line:
+            record = json.loads(line)
+            lines[i] = json.dumps({**record, "step": record["step"] + 1})
+    (out / "metrics.jsonl").write_text("\n".join(lines))
+
+
+def test_a_checkpoint_and_logs_written_before_the_trainer_state_class_resume(runs, run_args):
+    tmp = runs("gpt2")
+    out = killed_after(tmp / "saved", 4, tmp / "resumed-old-format")
+    written_before_trainer_state(out)
+    train(run_args("gpt2", out, "--save_steps", 1, "--resume_from_checkpoint", "latest"))
+    # The growth before checkpoint 4 stays as the old run logged it, once; the next is logged the new way.
+    assert growth_records(out) == [GROWTH_STEPS[0] + 1, GROWTH_STEPS[1]]
+    lines = read_jsonl(out / "metrics.jsonl")
+    for line in lines:  # that line put in the new convention, the run equals the uninterrupted one
+        if line.get("event") == "growth" and line["step"] == GROWTH_STEPS[0] + 1:
+            line["step"] = GROWTH_STEPS[0]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert_same_run(out, tmp / "reference")
+    old = TrainerState.read(out / "checkpoint-4")  # 4 steps of 2 x 2 blocks of 32 tokens
+    assert (old.step, old.tokens, old.last_checkpoint) == (4, 4 * 2 * 2 * 32, None)
+
+
 # ---- no work lost ----------------------------------------------------------------------------
 class Killed(BaseException):  # not an Exception: cli() reports those as failures
     """Stands in for the process dying."""
@@ -173,7 +207,7 @@ def test_save_total_limit_deletes_only_complete_checkpoints(killed_while_saving)
     assert [p.name for p in complete_checkpoints(out)] == ["checkpoint-9", f"checkpoint-{TOTAL}"]
     assert (out / "checkpoint-0").is_dir()
     assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
-    assert read_trainer_state(out / f"checkpoint-{TOTAL}")["step"] == TOTAL
+    assert TrainerState.read(out / f"checkpoint-{TOTAL}").step == TOTAL
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -206,7 +240,7 @@ def test_stop_signal_checkpoints_at_step_boundary_and_resumes_exactly(runs, run_
         signal.signal(signum, previous)
     assert sent.is_set() and result.returncode == 0, result.stderr[-3000:]
     [ckpt] = complete_checkpoints(out)
-    stopped = read_trainer_state(ckpt)["step"]
+    stopped = TrainerState.read(ckpt).step
     assert 1 <= stopped < TOTAL and ckpt.name == f"checkpoint-{stopped}"
     assert f"Stop requested: saved a checkpoint at step {stopped}" in result.stdout
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r][-1] == stopped
