@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from .preemption import ignore_stop_signals, kill_loader_workers
+from .preemption import ignore_stop_signals, kill_loader_workers, stop_signals_held
 
 EVAL_MASK_SEED = 1234  # one fixed eval mask for every run, so runs with different seeds compare
 EVAL_EPOCH = 2**31 - 1  # the epoch key of validation blocks (never a training epoch)
@@ -154,7 +154,8 @@ def training_batches(blocks, sampler: MicroBatchSampler, collator: BlockCollator
                                          num_workers=num_workers, worker_init_fn=ignore_stop_signals,
                                          pin_memory=pin_memory,  # faster, async copies to a GPU
                                          generator=torch.Generator())  # keeps the global RNG untouched
-    batches = iter(loader)
+    with stop_signals_held():  # the workers are forked here
+        batches = iter(loader)
     if num_workers:
         atexit.unregister(kill_loader_workers)  # once per process, however many runs it makes (tests)
         atexit.register(kill_loader_workers)

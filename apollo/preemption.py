@@ -6,8 +6,11 @@ loader has not shut them down.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopRequest:
@@ -22,12 +25,31 @@ class StopRequest:
         self.requested = True
 
 
+@contextlib.contextmanager
+def stop_signals_held():
+    """Hold SIGTERM/SIGINT back while DataLoader workers are forked (around `iter(loader)`).
+
+    A worker installs torch's own SIGTERM handler (it ends the worker unless the parent sent the signal)
+    before the worker_init_fn runs, so a job-wide SIGTERM in between killed a worker and failed the run
+    (seen under load, the signal arriving as the workers started). Forked workers inherit the blocked
+    mask: the signal waits until ignore_stop_signals discards it. The rank's own signal is delivered
+    when the mask is restored here, to its StopRequest.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader workers outlive a job-wide SIGTERM/SIGINT (a scheduler signals every process of the
     job): the rank still needs their batches to finish its step and checkpoint. They end when the
-    loader shuts them down, when the rank dies (they watch their parent), or at kill_loader_workers."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loader shuts them down, when the rank dies (they watch their parent), or at kill_loader_workers.
+    A signal held since the fork (stop_signals_held) is discarded by SIG_IGN before the unblocking."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def kill_loader_workers() -> None:
