@@ -52,7 +52,7 @@ from apollo.kinds import build_model, kind_of
 from apollo.logs import JsonLines, RunLogs, close_open_logs, stack_info
 from apollo.model_config import check_vocabulary, fit_vocabulary, model_config
 from apollo.optim import build_lr_scheduler, build_optimizer
-from apollo.preemption import StopRequest
+from apollo.preemption import STOP_SIGNALS, StopRequest
 from apollo.rank_failures import FailureGuard
 from apollo.schedule import StageSchedule, StepCounts, stage_schedule, step_counts
 from apollo.shared_layers import layer_slots
@@ -65,7 +65,7 @@ from apollo.train_step import DepthDraws, StepResult, diverged, train_step
 def cli(argv=None) -> int:
     """Run `main`. A bad flag (exit 2), a non-finite loss (exit 3) or a failure on any rank (exit 1, after
     the traceback) ends with one line on stderr; a failing rank makes every other rank of the job end too."""
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = SurvivingStream(sys.stdout), SurvivingStream(sys.stderr)  # a dead `tee` ends no run
     prog = os.path.basename(sys.argv[0])
