@@ -328,12 +328,20 @@ def final_eval(out: Path) -> float | None:
     return run.evals[-1]["eval_loss"] if run.evals else None
 
 
+def latest_eval(out: Path) -> dict | None:
+    """The newest eval line of a run that has not finished (None before its first eval): where it stands."""
+    if not (out / "metrics.jsonl").exists():
+        return None
+    run = load_run(out)
+    return {"step": run.evals[-1]["step"], "eval_loss": run.evals[-1]["eval_loss"]} if run.evals else None
+
+
 def gate_report(args, jobs: list[Job]) -> dict:
     rows, best = [], {}
     for job in jobs:
         meta, loss = job.meta, final_eval(job.out)
         rows.append({**meta, "final_eval_loss": loss, "diverged": runner.has_failed(job), "run": job.out.name,
-                     "cmd": job.cmd})
+                     "cmd": job.cmd, "latest_eval": None if loss is not None else latest_eval(job.out)})
         if loss is not None and (meta["depth"] not in best or loss < best[meta["depth"]]["final_eval_loss"]):
             best[meta["depth"]] = rows[-1]
     depths = sorted(map(int, args.gate_depths.split(",")))
@@ -354,6 +362,15 @@ def gate_report(args, jobs: list[Job]) -> dict:
     return result
 
 
+def unfinished_cell(row: dict) -> str:
+    """A gate run without a final loss: not started, or its newest eval (not comparable with final losses:
+    its cosine has not ended)."""
+    latest = row.get("latest_eval")
+    if not latest:
+        return "(not started)"
+    return f"(unfinished: {latest['eval_loss']:.3f} at step {latest['step']} of {row['steps']})"
+
+
 def gate_table(gate: dict, lrs: list[float], depths: list[int]) -> str:
     head = ["depth"] + [f"lr {lr:g}" for lr in lrs] + ["best"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -362,7 +379,7 @@ def gate_table(gate: dict, lrs: list[float], depths: list[int]) -> str:
         for lr in lrs:
             r = next((r for r in gate["rows"] if r["depth"] == depth and r["lr"] == lr), None)
             cells.append("-" if r is None else "diverged" if r["diverged"] else
-                         "(running)" if r["final_eval_loss"] is None else f"{r['final_eval_loss']:.3f}")
+                         f"{r['final_eval_loss']:.3f}" if r["final_eval_loss"] is not None else unfinished_cell(r))
         b = gate["best"].get(str(depth))
         cells.append("-" if not b else f"{b['final_eval_loss']:.3f} (lr {b['lr']:g})")
         lines.append("| " + " | ".join(cells) + " |")
@@ -487,9 +504,11 @@ def main(argv=None) -> None:
     if gate:
         text += ["## Gate: scratch final eval loss by depth and peak LR\n", gate_table(gate, lrs, depths), "",
                  f"Unigram entropy of the training text: {gate.get('unigram_entropy', float('nan')):.3f} nats. "
-                 f"(a) off the plateau: {gate.get('a_off_plateau')} (12-layer margin "
-                 f"{gate.get('a_margin', float('nan')):.3f}, needs >= 1.5). (b) depth pays: {gate.get('b_depth_pays')} "
-                 f"(12-layer lead over shallower models at their best LR: {gate.get('b_margins')}, needs >= 0.1 each). "
+                 f"(a) off the plateau: {gate.get('a_off_plateau')} ({depths[-1]}-layer margin "
+                 f"{gate.get('a_margin', float('nan')):.3f}, needs >= 1.5). (b) depth pays: {gate.get('b_depth_pays')}{'' if gate['complete'] else ' so far'} "
+                 f"({depths[-1]}-layer lead over shallower models at their best LR: "
+                 f"{', '.join(f'{d} layers {m:.3f}' for d, m in gate.get('b_margins', {}).items()) or '-'}; "
+                 f"needs >= 0.1 each). "
                  f"Gate {'PASSED' if gate['passed'] else 'not passed' if gate['complete'] else 'incomplete'}.\n"]
     if tjobs:
         table, trend = trend_table(gate, tjobs, PRESETS[args.preset]["batch"] * PRESETS[args.preset]["seq"], depths)

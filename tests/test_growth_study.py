@@ -116,3 +116,32 @@ def test_epoch_length_is_read_from_a_run_on_the_same_data(tmp_path):
     docs = growth_study.parse_args(["gate", "--preset", "cpu-docs", "--corpus", str(DOCS_FIXTURE), "--runs_dir", str(runs)])
     assert growth_study.one_epoch_steps(docs) == 7000
     assert growth_study.one_epoch_steps(growth_study.parse_args(["gate", "--preset", "cpu", "--runs_dir", str(runs)])) == 761
+
+
+def test_the_gate_table_tells_an_unfinished_run_from_one_not_started(tmp_path):
+    """While the gate runs, the committed table shows each unfinished run's newest eval (step and loss, read
+    here from its metrics.jsonl) and never counts it as a final loss."""
+    import growth_study
+    import runner
+
+    def folder(name, evals, finished):
+        out = tmp_path / name
+        out.mkdir()
+        lines = [{"step": s, "eval_loss": v} for s, v in evals] + [{"step": 9, "loss": 1.0}]
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        if finished:
+            (out / "model.safetensors").write_bytes(b"")
+        return out
+
+    meta = lambda depth, lr: {"phase": "gate", "depth": depth, "lr": lr, "seed": 1, "steps": 40}
+    jobs = [runner.Job("gpt2", folder("done", [(0, 7.0), (40, 3.5)], True), ["a"], meta(1, 1e-3)),
+            runner.Job("gpt2", folder("half", [(0, 7.0), (10, 4.25), (20, 3.875)], False), ["b"], meta(2, 1e-3)),
+            runner.Job("gpt2", tmp_path / "never", ["c"], meta(2, 2e-3))]
+    args = growth_study.parse_args(["gate", "--preset", "tiny", "--gate_depths", "1,2", "--runs_dir", str(tmp_path)])
+    gate = growth_study.gate_report(args, jobs)
+    assert [r["final_eval_loss"] for r in gate["rows"]] == [3.5, None, None]
+    assert gate["rows"][1]["latest_eval"] == {"step": 20, "eval_loss": 3.875} and gate["rows"][2]["latest_eval"] is None
+    assert gate["best"]["2"] is None and not gate["complete"] and "b_margins" not in gate
+    table = growth_study.gate_table(gate, [1e-3, 2e-3], [1, 2]).splitlines()
+    assert table[2] == "| 1 | 3.500 | - | 3.500 (lr 0.001) |"
+    assert table[3] == "| 2 | (unfinished: 3.875 at step 20 of 40) | (not started) | - |"
