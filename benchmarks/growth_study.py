@@ -245,7 +245,7 @@ def trend_table(gate: dict, jobs, tokens_per_step: int, depths: list[int]) -> tu
         losses = rows[steps]
         shallow = [losses.get(d) for d in depths[:-1]]
         full = losses.get(depths[-1])
-        lead = None if full is None or None in shallow else min(shallow) - full
+        lead = None if full is None or None in shallow or not shallow else min(shallow) - full
         out.append({"steps": steps, "losses": {str(d): losses.get(d) for d in depths},
                     "lrs": {str(d): lrs.get((steps, d)) for d in depths}, "lead": lead})
         tokens = steps * tokens_per_step
@@ -352,7 +352,8 @@ def gate_report(args, jobs: list[Job]) -> dict:
         result["unigram_entropy"] = h
         result["a_off_plateau"] = best[full]["final_eval_loss"] <= h - 1.5
         result["a_margin"] = h - best[full]["final_eval_loss"]
-    if full in best and all(d in best for d in shallow):
+    # One depth alone (e.g. an LR added to a gate by hand: --gate_depths 12 --gate_lrs 8e-3) has no verdict.
+    if full in best and shallow and all(d in best for d in shallow):
         margins = {str(d): best[d]["final_eval_loss"] - best[full]["final_eval_loss"] for d in shallow}
         result["b_margins"] = margins
         result["b_depth_pays"] = all(m >= 0.1 for m in margins.values())

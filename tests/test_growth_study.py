@@ -145,3 +145,23 @@ def test_the_gate_table_tells_an_unfinished_run_from_one_not_started(tmp_path):
     table = growth_study.gate_table(gate, [1e-3, 2e-3], [1, 2]).splitlines()
     assert table[2] == "| 1 | 3.500 | - | 3.500 (lr 0.001) |"
     assert table[3] == "| 2 | (unfinished: 3.875 at step 20 of 40) | (not started) | - |"
+
+
+def test_a_gate_of_one_depth_has_no_verdict_and_its_report_is_written(tmp_path, monkeypatch):
+    """Runs added to a gate by hand (--gate_depths 12 --gate_lrs X) report their losses; with no shallower
+    depth there is nothing to compare, so the gate neither passes nor crashes in its trend table."""
+    import growth_study
+    import runner
+
+    out = tmp_path / "L2"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 40, "eval_loss": 2.5}) + "\n")
+    (out / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr(growth_study, "unigram_entropy", lambda run, cmd: 6.0)  # 3.5 nats above the loss
+    job = runner.Job("gpt2", out, ["a"], {"phase": "gate", "depth": 2, "lr": 1e-3, "seed": 1, "steps": 40})
+    args = growth_study.parse_args(["gate", "--preset", "tiny", "--gate_depths", "2", "--runs_dir", str(tmp_path)])
+    gate = growth_study.gate_report(args, [job])
+    assert gate["complete"] and gate["a_off_plateau"] and "b_depth_pays" not in gate and not gate["passed"]
+    table, trend = growth_study.trend_table(gate, [], 2048, [2])
+    assert trend == [{"steps": 40, "losses": {"2": 2.5}, "lrs": {"2": 1e-3}, "lead": None}]
+    assert table.splitlines()[-1] == "| 40 | 8.19e+04 | 2.500 (0.001) | - |"
