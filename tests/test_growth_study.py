@@ -147,7 +147,7 @@ def test_the_gate_table_tells_an_unfinished_run_from_one_not_started(tmp_path):
     assert table[3] == "| 2 | (unfinished: 3.875 at step 20 of 40) | (not started) | - |"
 
 
-def test_a_gate_of_one_depth_has_no_verdict_and_its_report_is_written(tmp_path, monkeypatch):
+def test_a_gate_of_one_depth_has_no_verdict_and_its_trend_table_has_no_lead(tmp_path, monkeypatch):
     """Runs added to a gate by hand (--gate_depths 12 --gate_lrs X) report their losses; with no shallower
     depth there is nothing to compare, so the gate neither passes nor crashes in its trend table."""
     import growth_study
