@@ -399,9 +399,14 @@ def lengths_report(jobs: list[Job]) -> dict:
     return cells
 
 
-def lengths_table(cells: dict) -> str:
+def lengths_table(cells: dict, depth_leads: dict[int, float | None] | None = None) -> str:
+    """One row per (length, method). DEPTH_LEADS (steps -> the full-depth scratch model's lead over the best
+    shallower one at that length, from the trend phase) adds a column: a saving at a length where depth does not
+    pay measures how fast a model becomes shallow, not growth (the gate's question, asked per length)."""
+    depth_leads = depth_leads or {}
     head = ["steps", "tokens", "method", "seeds", "reached scratch's loss", "FLOPs saved at equal loss",
-            "final loss", "Δ loss at equal FLOPs", "FLOPs / scratch", "wall / scratch"]
+            "final loss", "Δ loss at equal FLOPs", "FLOPs / scratch", "wall / scratch",
+            f"{DEPTH}-layer scratch lead over shallower (trend)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in sorted(cells, key=lambda k: (int(k.split(":")[0]), METHODS.index(k.split(":")[1]))):
         steps, method = key.split(":")
@@ -412,8 +417,15 @@ def lengths_table(cells: dict) -> str:
                                         format_over_seeds([r["final_loss"] for r in rows], ".3f"),
                                         format_over_seeds([r["equal_flops_delta"] for r in rows], "+.3f"),
                                         format_over_seeds([r["flops_ratio"] for r in rows], ".3f"),
-                                        format_over_seeds([r["wall_ratio"] for r in rows], ".2f")]) + " |")
+                                        format_over_seeds([r["wall_ratio"] for r in rows], ".2f"),
+                                        depth_lead_cell(depth_leads.get(int(steps)))]) + " |")
     return "\n".join(lines)
+
+
+def depth_lead_cell(lead: float | None) -> str:
+    if lead is None:
+        return "-"
+    return f"{lead:+.3f} ({'depth pays' if lead >= 0.1 else 'depth does not pay'})"
 
 
 def gate_figure(args, gate: dict, depths: list[int]) -> None:
@@ -523,7 +535,8 @@ def main(argv=None) -> None:
         gate_figure(args, gate, depths)
         text += ["![gate](gate.png)\n"]
     if cells:
-        text += ["## FLOPs saved at equal loss, by length and method\n", lengths_table(cells), ""]
+        leads = {row["steps"]: row["lead"] for row in summary.get("trend", [])}
+        text += ["## FLOPs saved at equal loss, by length and method\n", lengths_table(cells, leads), ""]
         savings_figure(cells, args.results / "savings_vs_tokens.png")
     summary_path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (args.results / "table.md").write_text("\n".join(text))

@@ -165,3 +165,22 @@ def test_a_gate_of_one_depth_has_no_verdict_and_its_trend_table_has_no_lead(tmp_
     table, trend = growth_study.trend_table(gate, [], 2048, [2])
     assert trend == [{"steps": 40, "losses": {"2": 2.5}, "lrs": {"2": 1e-3}, "lead": None}]
     assert table.splitlines()[-1] == "| 40 | 8.19e+04 | 2.500 (0.001) | - |"
+
+
+def test_the_savings_table_says_at_which_lengths_depth_pays():
+    """Each (length, method) row carries the trend's full-depth scratch lead at that length, so a saving at a
+    length where a shallow model is as good (or better) is not read as growth paying."""
+    import growth_study
+
+    def cell(tokens, saved):
+        return [{"seed": 1, "tokens": tokens, "reached_target": True, "flops_saved_pct": saved, "final_loss": 3.5,
+                 "equal_flops_delta": -0.01, "flops_ratio": 0.8, "wall_ratio": 0.9}]
+
+    cells = {"800:apollo": cell(1.6e6, 30.0), "100:apollo": cell(2e5, 60.0), "100:scratch": cell(2e5, 0.0)}
+    lines = growth_study.lengths_table(cells, {100: -0.05, 800: 0.125}).splitlines()
+    assert lines[0].endswith("| 12-layer scratch lead over shallower (trend) |")
+    assert [line.split(" | ")[:3] for line in lines[2:]] == [["| 100", "2e+05", "scratch"], ["| 100", "2e+05", "apollo"],
+                                                           ["| 800", "1.6e+06", "apollo"]]
+    assert lines[3].endswith("| +60.0% | 3.500 | -0.010 | 0.800 | 0.90 | -0.050 (depth does not pay) |")
+    assert lines[4].endswith("| +30.0% | 3.500 | -0.010 | 0.800 | 0.90 | +0.125 (depth pays) |")
+    assert growth_study.lengths_table(cells).splitlines()[2].endswith("| - |")  # no trend run at that length
