@@ -73,6 +73,8 @@ PRESETS = {
                 gate_lrs="3e-4,6e-4,1.2e-3", jobs=1, threads=8, precision="bf16"),
 }
 DEPTH = 12
+PLATEAU_MARGIN = 1.5  # (a): nats the full-depth model must end below the unigram entropy
+DEPTH_LEAD = 0.1  # (b): nats it must end below each shallower model (the gate, and per length in the savings table)
 METHODS = ("scratch", "apollo", "stack", "late", "apollo_knobs")
 
 
@@ -245,7 +247,7 @@ def trend_table(gate: dict, jobs, tokens_per_step: int, depths: list[int]) -> tu
         losses = rows[steps]
         shallow = [losses.get(d) for d in depths[:-1]]
         full = losses.get(depths[-1])
-        lead = None if full is None or None in shallow or not shallow else min(shallow) - full
+        lead = None if full is None or not shallow or None in shallow else min(shallow) - full
         out.append({"steps": steps, "losses": {str(d): losses.get(d) for d in depths},
                     "lrs": {str(d): lrs.get((steps, d)) for d in depths}, "lead": lead})
         tokens = steps * tokens_per_step
@@ -350,13 +352,13 @@ def gate_report(args, jobs: list[Job]) -> dict:
     if full in best:
         h = unigram_entropy(Path(args.runs_dir) / best[full]["run"], best[full]["cmd"])
         result["unigram_entropy"] = h
-        result["a_off_plateau"] = best[full]["final_eval_loss"] <= h - 1.5
+        result["a_off_plateau"] = best[full]["final_eval_loss"] <= h - PLATEAU_MARGIN
         result["a_margin"] = h - best[full]["final_eval_loss"]
     # One depth alone (e.g. an LR added to a gate by hand: --gate_depths 12 --gate_lrs 8e-3) has no verdict.
     if full in best and shallow and all(d in best for d in shallow):
         margins = {str(d): best[d]["final_eval_loss"] - best[full]["final_eval_loss"] for d in shallow}
         result["b_margins"] = margins
-        result["b_depth_pays"] = all(m >= 0.1 for m in margins.values())
+        result["b_depth_pays"] = all(m >= DEPTH_LEAD for m in margins.values())
     complete = all(r["final_eval_loss"] is not None or r["diverged"] for r in rows)
     result["complete"] = complete
     result["passed"] = bool(complete and result.get("a_off_plateau") and result.get("b_depth_pays"))
@@ -425,7 +427,7 @@ def lengths_table(cells: dict, depth_leads: dict[int, float | None] | None = Non
 def depth_lead_cell(lead: float | None) -> str:
     if lead is None:
         return "-"
-    return f"{lead:+.3f} ({'depth pays' if lead >= 0.1 else 'depth does not pay'})"
+    return f"{lead:+.3f} ({'depth pays' if lead >= DEPTH_LEAD else 'depth does not pay'})"
 
 
 def gate_figure(args, gate: dict, depths: list[int]) -> None:
@@ -518,10 +520,11 @@ def main(argv=None) -> None:
         text += ["## Gate: scratch final eval loss by depth and peak LR\n", gate_table(gate, lrs, depths), "",
                  f"Unigram entropy of the training text: {gate.get('unigram_entropy', float('nan')):.3f} nats. "
                  f"(a) off the plateau: {gate.get('a_off_plateau')} ({depths[-1]}-layer margin "
-                 f"{gate.get('a_margin', float('nan')):.3f}, needs >= 1.5). (b) depth pays: {gate.get('b_depth_pays')}{'' if gate['complete'] else ' so far'} "
+                 f"{gate.get('a_margin', float('nan')):.3f}, needs >= {PLATEAU_MARGIN}). "
+                 f"(b) depth pays: {gate.get('b_depth_pays')}{'' if gate['complete'] else ' so far'} "
                  f"({depths[-1]}-layer lead over shallower models at their best LR: "
                  f"{', '.join(f'{d} layers {m:.3f}' for d, m in gate.get('b_margins', {}).items()) or '-'}; "
-                 f"needs >= 0.1 each). "
+                 f"needs >= {DEPTH_LEAD} each). "
                  f"Gate {'PASSED' if gate['passed'] else 'not passed' if gate['complete'] else 'incomplete'}.\n"]
     if tjobs:
         table, trend = trend_table(gate, tjobs, PRESETS[args.preset]["batch"] * PRESETS[args.preset]["seq"], depths)
