@@ -2,7 +2,7 @@
 """When does growth pay? A training-length study of scratch vs growth schedules (GPT-2), gated.
 
     python benchmarks/growth_study.py gate          # 1. is this a regime where growth is a question at all?
-    python benchmarks/growth_study.py sweep         # 2. peak LR per method at the middle length (needs the gate)
+    python benchmarks/growth_study.py sweep         # 2. peak LR per method at every length (needs the gate)
     python benchmarks/growth_study.py lengths       # 3. every method at every length, several seeds
     python benchmarks/growth_study.py trend         # the gate's depths at their best LR at shorter lengths
     python benchmarks/growth_study.py report        # tables + figure from whatever runs exist (no training)
@@ -93,6 +93,9 @@ def parse_args(argv=None):
     a("--trend_lrs", help="Peak LRs the trend phase tries at every length besides each depth's best gate LR; "
                             "each depth is reported at its best LR of those tried at that length.")
     a("--sweep_lrs", help="Peak LRs of the sweep (default: --gate_lrs).")
+    a("--sweep_at", choices=("every", "middle"), default="every",
+      help="Lengths at which the sweep tries each method's LRs: every length (each length's cells use the LR best "
+           "at that length) or only the middle one (a third of the runs; every length then uses that LR).")
     a("--lr", type=float, help="Skip the sweep: every method of the lengths phase uses this peak LR.")
     a("--methods", default=",".join(METHODS), help="Methods of the sweep and lengths phases.")
     a("--knobs", default="--growth_warmup_steps 0.02 --growth_noise 0.01",
@@ -259,25 +262,63 @@ def trend_table(gate: dict, jobs, tokens_per_step: int, depths: list[int]) -> tu
 
 
 
-def study_jobs(args, phase: str, epoch_steps: int, best_lr: dict) -> list[Job]:
+def sweep_steps(args, epoch_steps: int) -> list[int]:
+    """Lengths (in steps) of the sweep's runs. Every length by default, because the best peak LR depends on the
+    length: warmup is a share of the run, and on cpu-docs the shallow models' best one-epoch LR (4e-3) stalled
+    near 6.3 nats for ~80 of 783 steps with its 20 warmup steps (README, the trend on the documentation corpus)."""
+    shares = [float(x) for x in args.lengths.split(",")]
+    if args.sweep_at == "middle":
+        shares = [shares[(len(shares) - 1) // 2]]
+    return [max(20, round(share * epoch_steps)) for share in shares]
+
+
+def study_jobs(args, phase: str, epoch_steps: int, best_lr: dict[tuple[str, int], float]) -> list[Job]:
+    """The sweep's runs, or the lengths phase's: every method at every length and seed, at BEST_LR[(method,
+    steps)] (see lr_at). A lengths cell whose run the sweep already made (seed 1, a swept length and LR) is that
+    sweep run: same command, same folder, not trained twice."""
     methods = args.methods.split(",")
-    lengths = [float(x) for x in args.lengths.split(",")]
+    swept = sweep_steps(args, epoch_steps)
+    sweep_lrs = [float(x) for x in args.sweep_lrs.split(",")]
     jobs = []
     if phase == "sweep":
-        middle = lengths[len(lengths) // 2 - 1] if len(lengths) % 2 == 0 else lengths[len(lengths) // 2]
-        steps = max(20, round(middle * epoch_steps))
-        for lr in map(float, args.sweep_lrs.split(",")):
-            for method in methods:
-                jobs.append(_job(args, method, steps, lr, 1, "sweep"))
+        for steps in swept:
+            for lr in sweep_lrs:
+                for method in methods:
+                    jobs.append(_job(args, method, steps, lr, 1, "sweep"))
         return jobs
     seeds = [int(s) for s in args.seeds.split(",")]
-    for i, share in enumerate(lengths):
+    for i, share in enumerate(float(x) for x in args.lengths.split(",")):
         steps = max(20, round(share * epoch_steps))
         cell_seeds = seeds + ([max(seeds) + 1] if i == 0 else [])  # three seeds at the shortest length
         for seed in cell_seeds:
             for method in methods:
-                jobs.append(_job(args, method, steps, best_lr.get(method, best_lr.get("scratch")), seed, "lengths"))
+                lr = lr_at(best_lr, method, steps)
+                if lr is None:  # neither the method nor scratch has a finished sweep run
+                    continue
+                made = seed == 1 and steps in swept and lr in sweep_lrs
+                jobs.append(_job(args, method, steps, lr, seed, "sweep" if made else "lengths"))
     return jobs
+
+
+def lr_at(best_lr: dict[tuple[str, int], float], method: str, steps: int) -> float | None:
+    """The method's best swept LR at the swept length nearest STEPS (in ratio; the length itself when swept
+    there); scratch's when all of the method's sweep runs failed."""
+    for name in (method, "scratch"):
+        mine = {s: lr for (m, s), lr in best_lr.items() if m == name}
+        if mine:
+            return mine[min(mine, key=lambda s: (abs(math.log(s / steps)), s))]
+    return None
+
+
+def best_swept_lrs(sweep_jobs: list[Job]) -> dict[tuple[str, int], tuple[float, float]]:
+    """(method, steps) -> (LR, final eval loss) of the sweep's best finished run there."""
+    best = {}
+    for job in sweep_jobs:
+        loss, meta = final_eval(job.out), job.meta
+        key = (meta["method"], meta["steps"])
+        if loss is not None and (key not in best or loss < best[key][1]):
+            best[key] = (meta["lr"], loss)
+    return best
 
 
 def _job(args, method, steps, lr, seed, phase) -> Job:
@@ -392,12 +433,13 @@ def gate_table(gate: dict, lrs: list[float], depths: list[int]) -> str:
 def lengths_report(jobs: list[Job]) -> dict:
     """Per (steps, method): FLOPs saved at equal loss etc. against the scratch run of the same seed."""
     cells = {}
-    done = {(j.meta["steps"], j.meta["method"], j.meta["seed"]): load_run(j.out) for j in jobs
+    done = {(j.meta["steps"], j.meta["method"], j.meta["seed"]): (load_run(j.out), j.meta["lr"]) for j in jobs
             if final_eval(j.out) is not None}
-    for (steps, method, seed), run in done.items():
+    for (steps, method, seed), (run, lr) in done.items():
         scratch = done.get((steps, "scratch", seed))
         if scratch is not None:
-            cells.setdefault(f"{steps}:{method}", []).append({"seed": seed, **versus_reference(run, scratch)})
+            cells.setdefault(f"{steps}:{method}", []).append({"seed": seed, "lr": lr,
+                                                               **versus_reference(run, scratch[0])})
     return cells
 
 
@@ -406,14 +448,14 @@ def lengths_table(cells: dict, depth_leads: dict[int, float | None] | None = Non
     shallower one at that length, from the trend phase) adds a column: a saving at a length where depth does not
     pay measures how fast a model becomes shallow, not growth (the gate's question, asked per length)."""
     depth_leads = depth_leads or {}
-    head = ["steps", "tokens", "method", "seeds", "reached scratch's loss", "FLOPs saved at equal loss",
+    head = ["steps", "tokens", "method", "peak LR", "seeds", "reached scratch's loss", "FLOPs saved at equal loss",
             "final loss", "Δ loss at equal FLOPs", "FLOPs / scratch", "wall / scratch",
             f"{DEPTH}-layer scratch lead over shallower (trend)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in sorted(cells, key=lambda k: (int(k.split(":")[0]), METHODS.index(k.split(":")[1]))):
         steps, method = key.split(":")
         rows = cells[key]
-        lines.append("| " + " | ".join([steps, f"{rows[0]['tokens']:.3g}", method, str(len(rows)),
+        lines.append("| " + " | ".join([steps, f"{rows[0]['tokens']:.3g}", method, f"{rows[0]['lr']:g}", str(len(rows)),
                                         f"{sum(r['reached_target'] for r in rows)}/{len(rows)}",
                                         format_over_seeds([r["flops_saved_pct"] for r in rows], "+.1f", "%"),
                                         format_over_seeds([r["final_loss"] for r in rows], ".3f"),
@@ -496,18 +538,15 @@ def main(argv=None) -> None:
     if args.phase in ("sweep", "lengths") and not gate.get("passed") and not args.force:
         sys.exit("the gate has not passed (run `gate` first, or see the report): growth cannot be judged here; "
                  "--force runs it anyway")
-    best_lr = {}
     sweep_jobs = study_jobs(args, "sweep", epoch, {}) if epoch else []
     if args.phase == "sweep":
         run_jobs(args, sweep_jobs)
-    for job in sweep_jobs:
-        loss, meta = final_eval(job.out), job.meta
-        if loss is not None and (meta["method"] not in best_lr or loss < best_lr[meta["method"]][1]):
-            best_lr[meta["method"]] = (meta["lr"], loss)
-    summary["sweep_best_lr"] = {m: {"lr": v[0], "final_eval_loss": v[1]} for m, v in best_lr.items()}
+    best = best_swept_lrs(sweep_jobs)
+    summary["sweep_best_lr"] = {f"{m}:{s}": {"lr": lr, "final_eval_loss": loss} for (m, s), (lr, loss) in best.items()}
+    best_lr = {key: lr for key, (lr, _) in best.items()}
     if args.lr:
-        best_lr = {m: (args.lr, None) for m in args.methods.split(",")}
-    len_jobs = study_jobs(args, "lengths", epoch, {m: v[0] for m, v in best_lr.items()}) if best_lr else []
+        best_lr = {(m, s): args.lr for m in args.methods.split(",") for s in sweep_steps(args, epoch)}
+    len_jobs = study_jobs(args, "lengths", epoch, best_lr) if best_lr else []
     if args.phase == "lengths":
         run_jobs(args, len_jobs)
     cells = lengths_report(len_jobs) if len_jobs else {}

@@ -173,14 +173,56 @@ def test_the_savings_table_says_at_which_lengths_depth_pays():
     import growth_study
 
     def cell(tokens, saved):
-        return [{"seed": 1, "tokens": tokens, "reached_target": True, "flops_saved_pct": saved, "final_loss": 3.5,
+        return [{"seed": 1, "lr": 2e-3, "tokens": tokens, "reached_target": True, "flops_saved_pct": saved, "final_loss": 3.5,
                  "equal_flops_delta": -0.01, "flops_ratio": 0.8, "wall_ratio": 0.9}]
 
     cells = {"800:apollo": cell(1.6e6, 30.0), "100:apollo": cell(2e5, 60.0), "100:scratch": cell(2e5, 0.0)}
     lines = growth_study.lengths_table(cells, {100: -0.05, 800: 0.125}).splitlines()
     assert lines[0].endswith("| 12-layer scratch lead over shallower (trend) |")
-    assert [line.split(" | ")[:3] for line in lines[2:]] == [["| 100", "2e+05", "scratch"], ["| 100", "2e+05", "apollo"],
-                                                           ["| 800", "1.6e+06", "apollo"]]
+    assert [line.split(" | ")[:4] for line in lines[2:]] == [["| 100", "2e+05", "scratch", "0.002"],
+                                                           ["| 100", "2e+05", "apollo", "0.002"],
+                                                           ["| 800", "1.6e+06", "apollo", "0.002"]]
     assert lines[3].endswith("| +60.0% | 3.500 | -0.010 | 0.800 | 0.90 | -0.050 (depth does not pay) |")
     assert lines[4].endswith("| +30.0% | 3.500 | -0.010 | 0.800 | 0.90 | +0.125 (depth pays) |")
     assert growth_study.lengths_table(cells).splitlines()[2].endswith("| - |")  # no trend run at that length
+
+
+def test_each_length_of_the_study_uses_the_lr_swept_best_at_that_length(tmp_path):
+    """The sweep tries every LR at every length (the best LR moves with the length: warmup is a share of the
+    run); each lengths cell then trains at its own length's best LR, and its seed-1 run is the sweep's run.
+    With --sweep_at middle, only the middle length is swept and every length takes its LR."""
+    import growth_study
+
+    base = ["sweep", "--preset", "tiny", "--runs_dir", str(tmp_path), "--lengths", "0.25,0.5,1.0",
+            "--sweep_lrs", "1e-3,2e-3", "--methods", "scratch,apollo", "--seeds", "1,2"]
+    args = growth_study.parse_args(base)
+    sweep = growth_study.study_jobs(args, "sweep", 400, {})
+    assert sorted((j.meta["steps"], j.meta["lr"], j.meta["method"]) for j in sweep) == sorted(
+        (n, lr, m) for n in (100, 200, 400) for lr in (1e-3, 2e-3) for m in ("scratch", "apollo"))
+    # Final losses for the sweep's runs: at 100 steps lr 2e-3 is best, at 200 and 400 lr 1e-3 (apollo at 400: 2e-3).
+    winner = {100: 2e-3, 200: 1e-3, 400: 1e-3}
+    for job in sweep:
+        job.out.mkdir(parents=True)
+        won = job.meta["lr"] == (2e-3 if (job.meta["method"], job.meta["steps"]) == ("apollo", 400)
+                                 else winner[job.meta["steps"]])
+        (job.out / "metrics.jsonl").write_text(json.dumps({"step": job.meta["steps"], "eval_loss": 3.0 if won else 3.5}) + "\n")
+        (job.out / "model.safetensors").write_bytes(b"")
+    best = growth_study.best_swept_lrs(sweep)
+    assert best[("apollo", 400)] == (2e-3, 3.0) and best[("scratch", 100)] == (2e-3, 3.0)
+    lengths = growth_study.study_jobs(args, "lengths", 400, {k: v[0] for k, v in best.items()})
+    cells = {(j.meta["steps"], j.meta["method"], j.meta["seed"]): j for j in lengths}
+    assert sorted(cells) == sorted((n, m, s) for n in (100, 200, 400) for m in ("scratch", "apollo")
+                                   for s in ((1, 2, 3) if n == 100 else (1, 2)))
+    for (steps, method, seed), job in cells.items():
+        expected = 2e-3 if (method, steps) == ("apollo", 400) else winner[steps]
+        assert job.meta["lr"] == expected, (steps, method, seed)
+        sweep_run = [j for j in sweep if (j.meta["steps"], j.meta["method"], j.meta["lr"]) == (steps, method, expected)]
+        assert (job.out == sweep_run[0].out) == (seed == 1)  # not trained twice; other seeds get their own folder
+
+    middle = growth_study.parse_args(base + ["--sweep_at", "middle"])
+    sweep = growth_study.study_jobs(middle, "sweep", 400, {})
+    assert {j.meta["steps"] for j in sweep} == {200} and len(sweep) == 4
+    lengths = growth_study.study_jobs(middle, "lengths", 400, {("scratch", 200): 1e-3, ("apollo", 200): 2e-3})
+    assert {(j.meta["method"], j.meta["lr"]) for j in lengths} == {("scratch", 1e-3), ("apollo", 2e-3)}
+    # A method whose sweep runs all failed takes scratch's LR rather than being dropped.
+    assert growth_study.lr_at({("scratch", 100): 4e-3, ("scratch", 400): 1e-3}, "late", 300) == 1e-3
