@@ -18,7 +18,8 @@ Gate, each condition measured and reported:
       the training text under the run's tokenizer;
   (b) depth pays: with each depth at its own best peak LR (from --gate_lrs), 12-layer scratch ends
       >= 0.1 nats below both the 2- and the 4-layer scratch runs; one epoch at most, so no
-      training block is seen twice.
+      training block is seen twice. With --gate_seeds 1,2 each depth's best LR runs again at
+      seed 2 and both conditions use the mean final loss over the seeds.
 The later phases refuse to start unless the gate passed (--force overrides, for a look only).
 
 Methods (all GPT-2, same data, tokenizer, batch, token budget, schedule shape, evaluation):
@@ -42,6 +43,7 @@ import contextlib
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from collections import Counter
@@ -88,6 +90,9 @@ def parse_args(argv=None):
                        "(the cpu-docs preset's default); with --preset gpu, a GPU machine needs no network.")
     a("--gate_depths", default="2,4,12", help="Depths of the gate's scratch runs (the last is the full depth).")
     a("--gate_lrs", help="Peak LRs tried per depth in the gate (default: the preset's).")
+    a("--gate_seeds", default="1",
+      help="Seeds of the gate: its LR grid runs at the first; each depth's best LR runs again at the others, and "
+           "(b) compares the depths' mean final losses over the seeds.")
     a("--gate_steps", type=int, help="Steps of the gate runs (default: one epoch; never more: no block twice).")
     a("--lengths", default="0.125,0.25,0.5,1.0", help="Training lengths as shares of one epoch (>= 8x apart).")
     a("--trend_lrs", help="Peak LRs the trend phase tries at every length besides each depth's best gate LR; "
@@ -207,13 +212,37 @@ def probe_job(args) -> Job:
 
 
 def gate_jobs(args, steps: int) -> list[Job]:
+    """The gate's grid: every depth at every LR, at the first of --gate_seeds."""
+    seed = int(args.gate_seeds.split(",")[0])
+    return [_gate_job(args, depth, lr, seed, steps)
+            for lr in map(float, args.gate_lrs.split(","))  # LR-major: the first results compare depths
+            for depth in sorted(map(int, args.gate_depths.split(",")), reverse=True)]  # longest first
+
+
+def gate_seed_jobs(args, steps: int, grid: list[Job]) -> list[Job]:
+    """Each depth's best grid LR again at the other --gate_seeds, once all of that depth's grid runs ended."""
     jobs = []
-    for lr in map(float, args.gate_lrs.split(",")):  # LR-major: the first results compare depths
-        for depth in sorted(map(int, args.gate_depths.split(",")), reverse=True):  # longest first
-            jobs.append(runner.job(args.runs_dir, "gpt2", f"gate-L{depth}-lr{lr:g}", 1,
-                                   base_command(args, depth, steps, lr, 1),
-                                   {"phase": "gate", "depth": depth, "lr": lr, "seed": 1, "steps": steps}))
+    for seed in [int(x) for x in args.gate_seeds.split(",")][1:]:
+        for depth, row in grid_best(grid).items():
+            jobs.append(_gate_job(args, depth, row["lr"], seed, steps))
     return jobs
+
+
+def _gate_job(args, depth: int, lr: float, seed: int, steps: int) -> Job:
+    return runner.job(args.runs_dir, "gpt2", f"gate-L{depth}-lr{lr:g}", seed, base_command(args, depth, steps, lr, seed),
+                      {"phase": "gate", "depth": depth, "lr": lr, "seed": seed, "steps": steps})
+
+
+def grid_best(grid: list[Job]) -> dict[int, dict]:
+    """Depth -> the meta and final loss of its best grid run, for the depths whose grid runs all ended."""
+    best, open_depths = {}, set()
+    for job in grid:
+        loss, depth = final_eval(job.out), job.meta["depth"]
+        if loss is None and not runner.has_failed(job):
+            open_depths.add(depth)
+        elif loss is not None and (depth not in best or loss < best[depth]["final_eval_loss"]):
+            best[depth] = {**job.meta, "final_eval_loss": loss}
+    return {d: row for d, row in best.items() if d not in open_depths}
 
 
 def trend_jobs(args, epoch_steps: int, gate: dict) -> list[Job]:
@@ -379,31 +408,51 @@ def latest_eval(out: Path) -> dict | None:
     return {"step": run.evals[-1]["step"], "eval_loss": run.evals[-1]["eval_loss"]} if run.evals else None
 
 
-def gate_report(args, jobs: list[Job]) -> dict:
-    rows, best = [], {}
-    for job in jobs:
-        meta, loss = job.meta, final_eval(job.out)
-        rows.append({**meta, "final_eval_loss": loss, "diverged": runner.has_failed(job), "run": job.out.name,
-                     "cmd": job.cmd, "latest_eval": None if loss is not None else latest_eval(job.out)})
-        if loss is not None and (meta["depth"] not in best or loss < best[meta["depth"]]["final_eval_loss"]):
-            best[meta["depth"]] = rows[-1]
+def gate_report(args, jobs: list[Job], seed_jobs: list[Job] = ()) -> dict:
+    """The grid's rows, each depth's best, and the verdict; with SEED_JOBS (gate_seed_jobs), the verdict
+    compares each depth's mean final loss over the seeds at its best LR (the best LR stays the grid's)."""
+    rows, best = [gate_row(job) for job in jobs], {}
+    for row in rows:
+        loss, depth = row["final_eval_loss"], row["depth"]
+        if loss is not None and (depth not in best or loss < best[depth]["final_eval_loss"]):
+            best[depth] = row
     depths = sorted(map(int, args.gate_depths.split(",")))
     full, shallow = depths[-1], depths[:-1]
     result = {"rows": rows, "best": {str(d): best.get(d) for d in depths}}
+    losses = {d: {b["seed"]: b["final_eval_loss"]} for d, b in best.items()}  # depth -> seed -> final loss
+    seed_rows = [gate_row(job) for job in seed_jobs]
+    for row in seed_rows:
+        if row["final_eval_loss"] is not None:
+            losses[row["depth"]][row["seed"]] = row["final_eval_loss"]
+    mean = {d: statistics.mean(by_seed.values()) for d, by_seed in losses.items()}  # one seed: its loss
+    if seed_jobs:
+        result["seed_rows"] = seed_rows
+        result["seed_losses"] = {str(d): {str(s): v for s, v in sorted(by_seed.items())} for d, by_seed in losses.items()}
     if full in best:
         h = unigram_entropy(Path(args.runs_dir) / best[full]["run"], best[full]["cmd"])
         result["unigram_entropy"] = h
-        result["a_off_plateau"] = best[full]["final_eval_loss"] <= h - PLATEAU_MARGIN
-        result["a_margin"] = h - best[full]["final_eval_loss"]
-    # One depth alone (e.g. an LR added to a gate by hand: --gate_depths 12 --gate_lrs 8e-3) has no verdict.
+        result["a_off_plateau"] = mean[full] <= h - PLATEAU_MARGIN
+        result["a_margin"] = h - mean[full]
+    # One depth alone (e.g. an LR added to a gate by hand: --gate_depths 12 --gate_lrs X) has no verdict.
     if full in best and shallow and all(d in best for d in shallow):
-        margins = {str(d): best[d]["final_eval_loss"] - best[full]["final_eval_loss"] for d in shallow}
+        margins = {str(d): mean[d] - mean[full] for d in shallow}
         result["b_margins"] = margins
         result["b_depth_pays"] = all(m >= DEPTH_LEAD for m in margins.values())
-    complete = all(r["final_eval_loss"] is not None or r["diverged"] for r in rows)
+        if seed_jobs:  # the lead per seed, where both depths have that seed
+            result["b_margins_by_seed"] = {str(d): {str(s): losses[d][s] - losses[full][s] for s in sorted(losses[d])
+                                                    if s in losses[full]} for d in shallow}
+    ended = lambda r: r["final_eval_loss"] is not None or r["diverged"]
+    result["grid_complete"] = all(map(ended, rows))  # enough for the trend: it uses the grid's best LRs
+    complete = all(map(ended, rows + seed_rows))
     result["complete"] = complete
     result["passed"] = bool(complete and result.get("a_off_plateau") and result.get("b_depth_pays"))
     return result
+
+
+def gate_row(job: Job) -> dict:
+    loss = final_eval(job.out)
+    return {**job.meta, "final_eval_loss": loss, "diverged": runner.has_failed(job), "run": job.out.name,
+            "cmd": job.cmd, "latest_eval": None if loss is not None else latest_eval(job.out)}
 
 
 def unfinished_cell(row: dict) -> str:
@@ -427,6 +476,26 @@ def gate_table(gate: dict, lrs: list[float], depths: list[int]) -> str:
         b = gate["best"].get(str(depth))
         cells.append("-" if not b else f"{b['final_eval_loss']:.3f} (lr {b['lr']:g})")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gate_seeds_table(gate: dict, depths: list[int]) -> str:
+    """Each depth at its best grid LR: the final loss per seed, mean ± std, and the full depth's lead per seed."""
+    seeds = sorted({r["seed"] for r in gate["seed_rows"]} | {b["seed"] for b in gate["best"].values() if b})
+    full = str(depths[-1])
+    head = ["depth", "lr"] + [f"seed {s}" for s in seeds] + ["mean ± std", f"{full}-layer lead (mean ± std)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for depth in map(str, depths):
+        best = gate["best"].get(depth)
+        if not best:
+            continue
+        by_seed = gate["seed_losses"].get(depth, {})
+        pending = {str(r["seed"]): r for r in gate["seed_rows"] if str(r["depth"]) == depth}
+        cells = [f"{by_seed[str(s)]:.3f}" if str(s) in by_seed else
+                 unfinished_cell(pending[str(s)]) if str(s) in pending else "-" for s in seeds]
+        leads = list(gate.get("b_margins_by_seed", {}).get(depth, {}).values())
+        lines.append("| " + " | ".join([depth, f"{best['lr']:g}", *cells, format_over_seeds(list(by_seed.values()), ".3f"),
+                                        format_over_seeds(leads, "+.3f") if depth != full else "-"]) + " |")
     return "\n".join(lines)
 
 
@@ -527,8 +596,11 @@ def main(argv=None) -> None:
     gjobs = gate_jobs(args, gate_steps) if gate_steps else []
     if args.phase == "gate":
         run_jobs(args, gjobs)
-    gate = gate_report(args, gjobs) if gjobs else {}
-    tjobs = trend_jobs(args, epoch, gate) if gate.get("complete") else []
+    sjobs = gate_seed_jobs(args, gate_steps, gjobs)
+    if args.phase == "gate":
+        run_jobs(args, sjobs)
+    gate = gate_report(args, gjobs, sjobs) if gjobs else {}
+    tjobs = trend_jobs(args, epoch, gate) if gate.get("grid_complete") else []
     if args.phase == "trend":
         run_jobs(args, tjobs)
     lrs, depths = [float(x) for x in args.gate_lrs.split(",")], sorted(map(int, args.gate_depths.split(",")))
@@ -561,10 +633,13 @@ def main(argv=None) -> None:
                  f"(a) off the plateau: {gate.get('a_off_plateau')} ({depths[-1]}-layer margin "
                  f"{gate.get('a_margin', float('nan')):.3f}, needs >= {PLATEAU_MARGIN}). "
                  f"(b) depth pays: {gate.get('b_depth_pays')}{'' if gate['complete'] else ' so far'} "
-                 f"({depths[-1]}-layer lead over shallower models at their best LR: "
+                 f"({depths[-1]}-layer lead over shallower models at their best LR"
+                 f"{', mean over seeds ' + args.gate_seeds if sjobs else ''}: "
                  f"{', '.join(f'{d} layers {m:.3f}' for d, m in gate.get('b_margins', {}).items()) or '-'}; "
                  f"needs >= {DEPTH_LEAD} each). "
                  f"Gate {'PASSED' if gate['passed'] else 'not passed' if gate['complete'] else 'incomplete'}.\n"]
+        if sjobs:
+            text += ["### The gate's best LRs at every seed\n", gate_seeds_table(gate, depths), ""]
     if tjobs:
         table, trend = trend_table(gate, tjobs, PRESETS[args.preset]["batch"] * PRESETS[args.preset]["seq"], depths)
         summary["trend"] = trend
@@ -573,7 +648,7 @@ def main(argv=None) -> None:
     if args.dry_run:  # commands only: nothing is written
         return
     args.results.mkdir(parents=True, exist_ok=True)
-    if gate.get("complete") and all(gate["best"].get(str(d)) for d in depths):
+    if gate.get("grid_complete") and all(gate["best"].get(str(d)) for d in depths):
         gate_figure(args, gate, depths)
         text += ["![gate](gate.png)\n"]
     if cells:

@@ -28,7 +28,8 @@ def study_folder_names(preset: str, epoch: int, corpus: str | None) -> list[str]
     gate = {"best": {str(d): {"lr": 1e-3} for d in (2, 4, 12)}}
     jobs = [growth_study.probe_job(args), *growth_study.gate_jobs(args, epoch), *growth_study.trend_jobs(args, epoch, gate),
             *growth_study.study_jobs(args, "sweep", epoch, {}),
-            *growth_study.study_jobs(args, "lengths", epoch, {m: 2e-3 for m in growth_study.METHODS})]
+            *growth_study.study_jobs(args, "lengths", epoch, {(m, steps): 2e-3 for m in growth_study.METHODS
+                                                              for steps in growth_study.sweep_steps(args, epoch)})]
     return [j.out.name for j in jobs]
 
 

@@ -226,3 +226,54 @@ def test_each_length_of_the_study_uses_the_lr_swept_best_at_that_length(tmp_path
     assert {(j.meta["method"], j.meta["lr"]) for j in lengths} == {("scratch", 1e-3), ("apollo", 2e-3)}
     # A method whose sweep runs all failed takes scratch's LR rather than being dropped.
     assert growth_study.lr_at({("scratch", 100): 4e-3, ("scratch", 400): 1e-3}, "late", 300) == 1e-3
+
+
+def test_more_gate_seeds_rerun_each_depths_best_lr_and_the_verdict_takes_the_mean(tmp_path, monkeypatch):
+    """--gate_seeds 1,2: the LR grid at seed 1, then each depth's best LR at seed 2 (only once that depth's grid
+    has ended); (b) compares the mean final losses, computed here from the fabricated runs' losses."""
+    import growth_study
+
+    monkeypatch.setattr(growth_study, "unigram_entropy", lambda run, cmd: 6.0)
+
+    def finish(job, loss):
+        job.out.mkdir(parents=True, exist_ok=True)
+        (job.out / "metrics.jsonl").write_text(json.dumps({"step": 40, "eval_loss": loss}) + "\n")
+        (job.out / "model.safetensors").write_bytes(b"")
+
+    args = growth_study.parse_args(["gate", "--preset", "tiny", "--gate_depths", "2,6", "--gate_lrs", "1e-3,2e-3",
+                                    "--gate_seeds", "1,2", "--runs_dir", str(tmp_path)])
+    grid = growth_study.gate_jobs(args, 40)
+    assert {j.meta["seed"] for j in grid} == {1} and len(grid) == 4
+    grid_loss = {(2, 1e-3): 3.60, (2, 2e-3): 3.55, (6, 1e-3): 3.47, (6, 2e-3): 3.50}  # seed 1: 6 leads 2 by 0.08
+    for job in grid:
+        if job.meta["depth"] == 6:
+            finish(job, grid_loss[6, job.meta["lr"]])
+    finish(next(j for j in grid if j.meta["depth"] == 2), 3.60)  # one of depth 2's two runs ended
+    seeds = growth_study.gate_seed_jobs(args, 40, grid)
+    assert [(j.meta["depth"], j.meta["lr"], j.meta["seed"]) for j in seeds] == [(6, 1e-3, 2)]  # depth 2 still open
+    for job in grid:
+        finish(job, grid_loss[job.meta["depth"], job.meta["lr"]])
+    seeds = growth_study.gate_seed_jobs(args, 40, grid)
+    assert sorted((j.meta["depth"], j.meta["lr"], j.meta["seed"]) for j in seeds) == [(2, 2e-3, 2), (6, 1e-3, 2)]
+    for job in seeds:
+        cmd = job.cmd
+        assert cmd[cmd.index("--seed") + 1] == "2" and float(cmd[cmd.index("--learning_rate") + 1]) == job.meta["lr"]
+        assert job.out not in {g.out for g in grid}
+
+    one_seed = growth_study.gate_report(args, grid)
+    assert one_seed["complete"] and not one_seed["b_depth_pays"]  # 0.08 on seed 1 alone
+    pending = growth_study.gate_report(args, grid, seeds)
+    assert pending["grid_complete"] and not pending["complete"] and not pending["passed"]
+    seed2 = {2: 3.62, 6: 3.46}  # seed 2: 6 leads 2 by 0.16
+    for job in seeds:
+        finish(job, seed2[job.meta["depth"]])
+    gate = growth_study.gate_report(args, grid, seeds)
+    mean2, mean6 = (3.55 + 3.62) / 2, (3.47 + 3.46) / 2
+    assert gate["complete"] and abs(gate["b_margins"]["2"] - (mean2 - mean6)) < 1e-12 and gate["b_depth_pays"]
+    assert gate["b_margins_by_seed"]["2"] == {"1": 3.55 - 3.47, "2": 3.62 - 3.46}
+    assert abs(gate["a_margin"] - (6.0 - mean6)) < 1e-12 and gate["passed"]
+    assert gate["best"]["6"]["lr"] == 1e-3 and gate["best"]["6"]["seed"] == 1  # the best LR stays the grid's
+    table = growth_study.gate_seeds_table(gate, [2, 6]).splitlines()
+    assert table[0] == "| depth | lr | seed 1 | seed 2 | mean ± std | 6-layer lead (mean ± std) |"
+    assert table[2] == "| 2 | 0.002 | 3.550 | 3.620 | 3.585 ± 0.049 | +0.120 ± 0.057 |"
+    assert table[3] == "| 6 | 0.001 | 3.470 | 3.460 | 3.465 ± 0.007 | - |"
