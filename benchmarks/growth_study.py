@@ -367,7 +367,7 @@ def run_jobs(args, jobs: list[Job]) -> None:
     finally:  # also when a stopped run ends the study
         if not args.dry_run:
             for job in jobs:
-                if job.out.is_dir():
+                if job.out.is_dir() and not (job.out / "study_meta.json").exists():  # the phase that made it
                     (job.out / "study_meta.json").write_text(json.dumps({**job.meta, "cmd": job.cmd}))
 
 

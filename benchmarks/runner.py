@@ -3,10 +3,10 @@
 Used by compare.py and growth_study.py. A run is its command (`Job.cmd`, the run_pretrain.py flags but
 --output_dir): its folder is named by a hash of it, and it is done when its final model exists and the
 folder's done marker holds that same command. So re-running a benchmark skips finished runs, and two
-benchmarks (or knob variations) that need an identical run share it. A run stopped by a signal or killed
-goes on from its newest checkpoint when relaunched, if its launch saves checkpoints (`checkpoints`): the
-flags that do that say when a run saves, not what it computes (resume is exact), so they are not part of
-its command. Each run's console is appended to RUNS_DIR/logs/<folder>.log, one header line per launch.
+benchmarks (or knob variations, or phases of a study) that need an identical run share it, whatever name the
+first one gave its folder. A run stopped by a signal or killed goes on from its newest checkpoint when
+relaunched, if its launch saves checkpoints (`checkpoints`): the flags that do that say when a run saves, not
+what it computes (resume is exact), so they are not part of its command. Each run's console is appended to RUNS_DIR/logs/<folder>.log, one header line per launch.
 """
 from __future__ import annotations
 
@@ -41,7 +41,15 @@ def run_dir(runs_dir, model: str, name: str, seed: int, cmd: list[str]) -> Path:
 
 
 def job(runs_dir, model: str, name: str, seed: int, cmd: list[str], meta: dict | None = None) -> Job:
-    return Job(model, run_dir(runs_dir, model, name, seed, cmd), cmd, meta or {})
+    """The run of `cmd`, in its own folder or, when another benchmark or phase already made this command under
+    another name (the growth study's 12-layer scratch is a gate run at one epoch and a trend run at the shorter
+    lengths), in that folder: a run is its command, trained once."""
+    out = run_dir(runs_dir, model, name, seed, cmd)
+    if not out.exists():
+        digest = out.name.rsplit("-", 1)[1]
+        made = sorted(Path(runs_dir).glob(f"{model}-*-s{seed}-{digest}"))
+        out = made[0] if made else out
+    return Job(model, out, cmd, meta or {})
 
 
 def _marked(out: Path, marker: str, cmd: list[str]) -> bool:
@@ -91,7 +99,7 @@ def run(jobs: list[Job], *, parallel: int, threads: int, checkpoints: int = 0, a
         return {}
     # The tokenizer and block cache is run_pretrain.py's usual one ($APOLLO_CACHE or ~/.cache/apollo).
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    pending, running, times, ready = list(todo), [], {}, set()
+    pending, running, times, ready, waiting = list(todo), [], {}, set(), set()
     while pending or running:
         for launched in list(running):
             j, proc, start = launched
@@ -100,11 +108,22 @@ def run(jobs: list[Job], *, parallel: int, threads: int, checkpoints: int = 0, a
             if proc.poll() is None:
                 continue
             running.remove(launched)
+            lock_path(j).unlink(missing_ok=True)
             if _finished(j, proc.returncode, allow_failure):
                 times[j.out.name] = time.time() - start
                 print(f"[runner] done {j.out.name} in {times[j.out.name]:.0f} s ({len(pending)} to start)", flush=True)
+        for j in [j for j in pending if j.out in waiting and holder(j) is None]:
+            waiting.discard(j.out)  # another runner (another phase sharing the run) ended it
+            if is_done(j) or has_failed(j):
+                pending.remove(j)
+                print(f"[runner] {j.out.name} was ended by another runner", flush=True)
+        for j in [j for j in pending if j.out not in waiting and holder(j) is not None]:
+            waiting.add(j.out)
+            print(f"[runner] {j.out.name} is being trained by another runner (pid {holder(j)}): not started "
+                  f"here", flush=True)
         while pending and len(running) < parallel:
-            startable = [j for j in pending if j.model in ready or not any(r[0].model == j.model for r in running)]
+            startable = [j for j in pending if j.out not in waiting and
+                         (j.model in ready or not any(r[0].model == j.model for r in running))]
             if not startable:
                 break
             pending.remove(startable[0])
@@ -118,6 +137,26 @@ def log_path(job: Job) -> Path:
     return job.out.parent / "logs" / f"{job.out.name}.log"
 
 
+def lock_path(job: Job) -> Path:
+    """Holds the pid of the process training the run while a runner has it (two phases may share a run)."""
+    return job.out.parent / "locks" / f"{job.out.name}.pid"
+
+
+def holder(job: Job) -> int | None:
+    """The pid of a live process training JOB for some runner, else None (no lock; or a stale one, left by a
+    killed runner, whose pid is gone or now runs something else: its command line does not name the folder)."""
+    try:
+        pid = int(lock_path(job).read_text())
+        for _ in range(10):  # empty while the process is still being exec'ed (milliseconds after its launch)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if cmdline:
+                break
+            time.sleep(0.1)
+    except (OSError, ValueError):
+        return None
+    return pid if str(job.out).encode() in cmdline.split(b"\0") else None
+
+
 def _launch(job: Job, checkpoints: int, env: dict) -> subprocess.Popen:
     full = [sys.executable, str(REPO / "run_pretrain.py"), *launch_command(job, checkpoints), "--output_dir",
             str(job.out), "--overwrite_output_dir"]
@@ -125,7 +164,10 @@ def _launch(job: Job, checkpoints: int, env: dict) -> subprocess.Popen:
     with open(log_path(job), "a") as log:  # a relaunch keeps the stopped run's log
         log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(full)}\n")
         log.flush()
-        return subprocess.Popen(full, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(full, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    lock_path(job).parent.mkdir(exist_ok=True)
+    lock_path(job).write_text(str(proc.pid))
+    return proc
 
 
 def _finished(job: Job, returncode: int, allow_failure: bool) -> bool:

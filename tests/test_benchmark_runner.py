@@ -4,6 +4,7 @@ compare.py's table on runs whose answers are known by construction."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -116,3 +117,40 @@ def test_compare_table_on_runs_with_known_answers(tmp_path):
     table = (tmp_path / "results" / "t" / "table.md").read_text()
     assert "| gpt2 | apollo | 2/2 | +30.0% ± 14.1 |" in table and "| gpt2 | scratch | 2/2 | +0.0% ± 0.0 |" in table
     assert (tmp_path / "results" / "t" / "gpt2.png").exists() and (tmp_path / "results" / "t" / "all_seeds.png").exists()
+
+
+def test_a_command_already_run_under_another_name_uses_that_folder(tmp_path):
+    """A run is its command: a second benchmark or phase asking for the same command (any name) gets the folder
+    the first one made; another seed, model or command gets its own."""
+    cmd = ["--model_type", "gpt2", "--seed", "1", "--learning_rate", "0.002"]
+    first = runner.job(tmp_path, "gpt2", "trend-L12-n40-lr0.002", 1, cmd)
+    assert runner.job(tmp_path, "gpt2", "sweep-scratch-n40-lr0.002", 1, cmd).out != first.out  # nothing made yet
+    first.out.mkdir()
+    again = runner.job(tmp_path, "gpt2", "sweep-scratch-n40-lr0.002", 1, cmd)
+    assert again.out == first.out and again.cmd == cmd
+    other = cmd[:-1] + ["0.004"]
+    assert runner.job(tmp_path, "gpt2", "sweep-scratch-n40-lr0.004", 1, other).out.name.startswith("gpt2-sweep-")
+    assert runner.job(tmp_path, "bert", "sweep-scratch-n40-lr0.002", 1, cmd).out.name.startswith("bert-sweep-")
+    assert runner.job(tmp_path, "gpt2", "trend-L12-n40-lr0.002", 1, cmd).out == first.out  # its own name: itself
+
+
+def test_a_run_another_runner_is_training_is_waited_for_not_started_twice(tmp_path, capsys):
+    """Two phases may share a run (same command). While another runner's process trains it (its lock names a live
+    process whose command line holds the folder), this runner does not start it; it waits, and counts the run as
+    done once the other one finished it. A stale lock (the pid now runs something else) holds nothing."""
+    cmd = ["--model_type", "gpt2", "--seed", "1", "--no_such_flag"]  # if launched here, it fails at once
+    job = runner.job(tmp_path, "gpt2", "trend-L12-n40-lr0.002", 1, cmd)
+    job.out.mkdir()
+    runner.lock_path(job).parent.mkdir()
+    runner.lock_path(job).write_text(str(os.getpid()))  # this test process: its command line names no run folder
+    assert runner.holder(job) is None
+    finish = (f"import json, sys, time; from pathlib import Path; out = Path(sys.argv[1]); time.sleep(3); "
+              f"(out / 'model.safetensors').write_bytes(b''); (out / {runner.DONE!r}).write_text(json.dumps({cmd!r}))")
+    other = subprocess.Popen([sys.executable, "-c", finish, str(job.out)])
+    runner.lock_path(job).write_text(str(other.pid))
+    assert runner.holder(job) == other.pid
+    times = runner.run([job], parallel=1, threads=1)
+    assert other.wait() == 0 and times == {} and runner.is_done(job)
+    out = capsys.readouterr().out
+    assert f"{job.out.name} is being trained by another runner (pid {other.pid})" in out
+    assert f"{job.out.name} was ended by another runner" in out and "[runner] start" not in out

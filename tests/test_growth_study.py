@@ -277,3 +277,29 @@ def test_more_gate_seeds_rerun_each_depths_best_lr_and_the_verdict_takes_the_mea
     assert table[0] == "| depth | lr | seed 1 | seed 2 | mean ± std | 6-layer lead (mean ± std) |"
     assert table[2] == "| 2 | 0.002 | 3.550 | 3.620 | 3.585 ± 0.049 | +0.120 ± 0.057 |"
     assert table[3] == "| 6 | 0.001 | 3.470 | 3.460 | 3.465 ± 0.007 | - |"
+
+
+def test_scratch_runs_the_gate_or_trend_already_made_are_not_trained_again(tmp_path):
+    """12-layer scratch at seed 1 is the same command as the gate's (one epoch) and the trend's (shorter) run at
+    the same LR: once those folders exist, the sweep and lengths phases use them instead of training again."""
+    import growth_study
+
+    args = growth_study.parse_args(["sweep", "--preset", "tiny", "--runs_dir", str(tmp_path), "--lengths", "0.25,1.0",
+                                    "--gate_depths", "2,12", "--gate_lrs", "1e-3,2e-3", "--trend_lrs", "1e-3",
+                                    "--sweep_lrs", "1e-3,2e-3,4e-3", "--methods", "scratch,apollo"])
+    fresh = growth_study.study_jobs(args, "sweep", 400, {})  # before any run exists: the sweep's own folders
+    gate = growth_study.gate_jobs(args, 400)
+    trend = growth_study.trend_jobs(args, 400, {"best": {"2": {"lr": 1e-3}, "12": {"lr": 2e-3}}})
+    made = {(j.meta["depth"], j.meta["steps"], j.meta["lr"]): j.out for j in gate + trend if j.meta["depth"] == 12}
+    assert set(made) == {(12, 400, 1e-3), (12, 400, 2e-3), (12, 100, 1e-3), (12, 100, 2e-3)}
+    for job in gate + trend:
+        job.out.mkdir(parents=True)
+    sweep = growth_study.study_jobs(args, "sweep", 400, {})
+    for before, job in zip(fresh, sweep):
+        assert job.cmd == before.cmd and job.meta == before.meta
+        key = (12, job.meta["steps"], job.meta["lr"])
+        if job.meta["method"] == "scratch" and key in made:
+            assert job.out == made[key] != before.out
+        else:
+            assert job.out == before.out and job.out not in made.values()
+    assert sum(job.out in made.values() for job in sweep) == 4 and len(sweep) == 12  # lr 4e-3, apollo: new
