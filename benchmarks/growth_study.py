@@ -100,7 +100,7 @@ def parse_args(argv=None):
     a("--sweep_lrs", help="Peak LRs of the sweep (default: --gate_lrs).")
     a("--sweep_at", choices=("every", "middle"), default="every",
       help="Lengths at which the sweep tries each method's LRs: every length (each length's cells use the LR best "
-           "at that length) or only the middle one (a third of the runs; every length then uses that LR).")
+           "at that length) or only the middle one (one length's runs; every length then uses its LRs).")
     a("--lr", type=float, help="Skip the sweep: every method of the lengths phase uses this peak LR.")
     a("--methods", default=",".join(METHODS), help="Methods of the sweep and lengths phases.")
     a("--knobs", default="--growth_warmup_steps 0.02 --growth_noise 0.01",
