@@ -500,7 +500,8 @@ def gate_seeds_table(gate: dict, depths: list[int]) -> str:
 
 
 def lengths_report(jobs: list[Job]) -> dict:
-    """Per (steps, method): FLOPs saved at equal loss etc. against the scratch run of the same seed."""
+    """Per (steps, method): FLOPs saved at equal loss etc. against the scratch run of the same seed. Empty until a
+    growth method has a finished run: scratch alone (at seed 1 also the gate's and the trend's runs) is no study."""
     cells = {}
     done = {(j.meta["steps"], j.meta["method"], j.meta["seed"]): (load_run(j.out), j.meta["lr"]) for j in jobs
             if final_eval(j.out) is not None}
@@ -509,7 +510,7 @@ def lengths_report(jobs: list[Job]) -> dict:
         if scratch is not None:
             cells.setdefault(f"{steps}:{method}", []).append({"seed": seed, "lr": lr,
                                                                **versus_reference(run, scratch[0])})
-    return cells
+    return cells if any(not key.endswith(":scratch") for key in cells) else {}
 
 
 def lengths_table(cells: dict, depth_leads: dict[int, float | None] | None = None) -> str:

@@ -303,3 +303,22 @@ def test_scratch_runs_the_gate_or_trend_already_made_are_not_trained_again(tmp_p
         else:
             assert job.out == before.out and job.out not in made.values()
     assert sum(job.out in made.values() for job in sweep) == 4 and len(sweep) == 12  # lr 4e-3, apollo: new
+
+
+def test_the_lengths_table_waits_for_a_growth_method(tmp_path):
+    """Finished scratch runs alone (the gate's and trend's, shared with the sweep) make no savings table; the
+    first finished growth run at a length makes its row and scratch's, with the saving computed against it."""
+    import growth_study
+    import runner
+    from test_plot import apollo_evals, reference_evals, write_run
+
+    def job(name, method, evals):
+        write_run(tmp_path / name, evals)
+        (tmp_path / name / "model.safetensors").write_bytes(b"")
+        return runner.Job("gpt2", tmp_path / name, [name], {"steps": 100, "method": method, "seed": 1, "lr": 2e-3})
+
+    scratch = job("scratch", "scratch", reference_evals())
+    assert growth_study.lengths_report([scratch]) == {}
+    cells = growth_study.lengths_report([scratch, job("apollo", "apollo", apollo_evals())])
+    assert sorted(cells) == ["100:apollo", "100:scratch"]
+    assert abs(cells["100:apollo"][0]["flops_saved_pct"] - 40.0) < 1e-9  # 3.0 at 60% of scratch's FLOPs
