@@ -234,15 +234,20 @@ def _gate_job(args, depth: int, lr: float, seed: int, steps: int) -> Job:
 
 
 def grid_best(grid: list[Job]) -> dict[int, dict]:
-    """Depth -> the meta and final loss of its best grid run, for the depths whose grid runs all ended."""
-    best, open_depths = {}, set()
-    for job in grid:
-        loss, depth = final_eval(job.out), job.meta["depth"]
-        if loss is None and not runner.has_failed(job):
-            open_depths.add(depth)
-        elif loss is not None and (depth not in best or loss < best[depth]["final_eval_loss"]):
-            best[depth] = {**job.meta, "final_eval_loss": loss}
-    return {d: row for d, row in best.items() if d not in open_depths}
+    """Depth -> the row of its best grid run, for the depths whose grid runs all ended."""
+    rows = [gate_row(job) for job in grid]
+    open_depths = {r["depth"] for r in rows if r["final_eval_loss"] is None and not r["diverged"]}
+    return {d: row for d, row in best_by_depth(rows).items() if d not in open_depths}
+
+
+def best_by_depth(rows: list[dict]) -> dict[int, dict]:
+    """Depth -> its row with the lowest final loss (rows without one are skipped)."""
+    best = {}
+    for row in rows:
+        loss, depth = row["final_eval_loss"], row["depth"]
+        if loss is not None and (depth not in best or loss < best[depth]["final_eval_loss"]):
+            best[depth] = row
+    return best
 
 
 def trend_jobs(args, epoch_steps: int, gate: dict) -> list[Job]:
@@ -411,11 +416,8 @@ def latest_eval(out: Path) -> dict | None:
 def gate_report(args, jobs: list[Job], seed_jobs: list[Job] = ()) -> dict:
     """The grid's rows, each depth's best, and the verdict; with SEED_JOBS (gate_seed_jobs), the verdict
     compares each depth's mean final loss over the seeds at its best LR (the best LR stays the grid's)."""
-    rows, best = [gate_row(job) for job in jobs], {}
-    for row in rows:
-        loss, depth = row["final_eval_loss"], row["depth"]
-        if loss is not None and (depth not in best or loss < best[depth]["final_eval_loss"]):
-            best[depth] = row
+    rows = [gate_row(job) for job in jobs]
+    best = best_by_depth(rows)
     depths = sorted(map(int, args.gate_depths.split(",")))
     full, shallow = depths[-1], depths[:-1]
     result = {"rows": rows, "best": {str(d): best.get(d) for d in depths}}

@@ -6,7 +6,8 @@ folder's done marker holds that same command. So re-running a benchmark skips fi
 benchmarks (or knob variations, or phases of a study) that need an identical run share it, whatever name the
 first one gave its folder. A run stopped by a signal or killed goes on from its newest checkpoint when
 relaunched, if its launch saves checkpoints (`checkpoints`): the flags that do that say when a run saves, not
-what it computes (resume is exact), so they are not part of its command. Each run's console is appended to RUNS_DIR/logs/<folder>.log, one header line per launch.
+what it computes (resume is exact), so they are not part of its command. Each run's console is appended to
+RUNS_DIR/logs/<folder>.log, one header line per launch.
 """
 from __future__ import annotations
 
@@ -117,10 +118,11 @@ def run(jobs: list[Job], *, parallel: int, threads: int, checkpoints: int = 0, a
             if is_done(j) or has_failed(j):
                 pending.remove(j)
                 print(f"[runner] {j.out.name} was ended by another runner", flush=True)
-        for j in [j for j in pending if j.out not in waiting and holder(j) is not None]:
-            waiting.add(j.out)
-            print(f"[runner] {j.out.name} is being trained by another runner (pid {holder(j)}): not started "
-                  f"here", flush=True)
+        for j in pending:
+            if j.out not in waiting and (pid := holder(j)) is not None:
+                waiting.add(j.out)
+                print(f"[runner] {j.out.name} is being trained by another runner (pid {pid}): not started here",
+                      flush=True)
         while pending and len(running) < parallel:
             startable = [j for j in pending if j.out not in waiting and
                          (j.model in ready or not any(r[0].model == j.model for r in running))]
